@@ -1,0 +1,1 @@
+"""One module per channel; the core never imports from here."""

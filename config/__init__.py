@@ -1,0 +1,5 @@
+"""Settings and the formation file."""
+
+from config.settings import ConfigError, Settings, load_settings
+
+__all__ = ["ConfigError", "Settings", "load_settings"]

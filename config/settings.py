@@ -1,0 +1,183 @@
+"""Typed settings: the environment (THREADLINE_*) over the formation file over defaults.
+
+The formation file is YAML. Any string in it may say `${{ secrets.NAME }}`; NAME is taken from
+the environment, then from the secrets file (KEY=VALUE lines). A missing secret stops start-up
+with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as _secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+_SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_PROVIDERS = {"postgres", "postgresql", "sqlite"}
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message says what and where."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".threadline")
+    formation_id: str = "default"
+    database_url: SecretStr | None = None
+    cache_url: SecretStr = SecretStr("memory://")
+    cache_ttl: float = Field(3600.0, gt=0)
+    cache_max_entries: int = Field(100_000, ge=1)
+    identity_secret: SecretStr | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    formation_file: Path | None = None
+    secrets_file: Path | None = None
+
+    @property
+    def database(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'threadline.db'}"
+
+    @property
+    def cache(self) -> str:
+        return self.cache_url.get_secret_value()
+
+    def identity_key(self) -> bytes:
+        """The HMAC key for api-key identifiers; generated once in development."""
+        if self.identity_secret is not None:
+            return self.identity_secret.get_secret_value().encode()
+        if self.env == "production":
+            raise ConfigError(
+                "THREADLINE_IDENTITY_SECRET is not set: production needs a fixed secret "
+                "(32+ random characters) so api-key identifiers keep resolving"
+            )
+        path = self.data_dir / "identity.secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_secrets.token_urlsafe(32))
+        return path.read_text().strip().encode()
+
+
+_ENV_FIELDS = {
+    name: f"THREADLINE_{name.upper()}" for name in Settings.model_fields
+}
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ConfigError(f"{path}:{number}: expected NAME=value")
+        name, value = line.split("=", 1)
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def interpolate(node: Any, lookup: Mapping[str, str], where: str) -> Any:
+    """Replace `${{ secrets.NAME }}` in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, lookup, f"{where}.{k}" if where else str(k))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, lookup, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in lookup:
+                raise ConfigError(
+                    f"{where} needs secret {name}, which is not set: export {name}=… "
+                    "or add it to the secrets file (THREADLINE_SECRETS_FILE)"
+                )
+            return lookup[name]
+        return _SECRET_REF.sub(replace, node)
+    return node
+
+
+def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "id" in doc:
+        values["formation_id"] = doc["id"]
+    persistent = ((doc.get("memory") or {}).get("persistent")) or {}
+    if persistent:
+        provider = str(persistent.get("provider", "")).lower()
+        if provider not in _PROVIDERS:
+            raise ConfigError(
+                f"{source}: memory.persistent.provider must be postgres or sqlite, "
+                f"got {provider or 'nothing'!r}"
+            )
+        url = persistent.get("connection_string")
+        if provider == "sqlite" and not url:
+            url = None
+        elif not url:
+            raise ConfigError(f"{source}: memory.persistent.connection_string is required")
+        elif provider.startswith("postgres") and not str(url).startswith(("postgres://",
+                                                                          "postgresql://")):
+            raise ConfigError(f"{source}: a postgres connection_string starts with postgresql://")
+        if url:
+            values["database_url"] = url
+    cache = ((doc.get("identity") or {}).get("cache")) or {}
+    for key in ("url", "ttl", "max_entries"):
+        if key in cache:
+            values[f"cache_{key}"] = cache[key]
+    if "secret" in (doc.get("identity") or {}):
+        values["identity_secret"] = doc["identity"]["secret"]
+    return values
+
+
+def load_formation(path: Path, lookup: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read formation file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"formation file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"formation file {path} must be a mapping at the top level")
+    return interpolate(doc, lookup, "")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    from_env = {name: environ[var] for name, var in _ENV_FIELDS.items() if environ.get(var)}
+    values: dict[str, Any] = {}
+
+    secrets_file = from_env.get("secrets_file")
+    lookup: dict[str, str] = {}
+    if secrets_file:
+        path = Path(secrets_file)
+        if not path.exists():
+            raise ConfigError(f"THREADLINE_SECRETS_FILE names {path}, which does not exist")
+        lookup.update(read_secrets_file(path))
+    lookup.update(environ)
+
+    formation_file = from_env.get("formation_file")
+    if formation_file is None and Path("formation.yaml").exists():
+        formation_file = "formation.yaml"
+    if formation_file:
+        path = Path(formation_file)
+        values.update(_from_formation(load_formation(path, lookup), path))
+        values["formation_file"] = path
+
+    values.update(from_env)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            problems.append(f"{_ENV_FIELDS.get(name, name)}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

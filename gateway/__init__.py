@@ -1,0 +1,1 @@
+"""The conversation engine, the HTTP API, the CLI, wiring and lifecycle."""

@@ -1,0 +1,178 @@
+"""The `threadline` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import ConfigError, Settings, load_settings
+from gateway.logs import configure_logging
+from gateway.runtime import Runtime
+from identity import DatabaseError, IdentityError
+from identity.database import connect, describe_url
+
+app = typer.Typer(
+    help="Threadline: one assistant on every channel, one user behind every identifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+users = typer.Typer(help="Look up and link the identifiers of users.", no_args_is_help=True)
+app.add_typer(users, name="users")
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+FormationOption = typer.Option(None, "--formation", "-f", help="Formation id (default: settings).")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_format, "warning" if settings.log_level == "info"
+                      else settings.log_level)
+    return settings
+
+
+def _run(work: Callable[[Runtime], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Run one command against an open runtime; known errors become one line and exit 1."""
+
+    async def main() -> T:
+        runtime = await Runtime.open(_settings(), migrate=migrate)
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.close()
+
+    try:
+        return asyncio.run(main())
+    except (ConfigError, DatabaseError, IdentityError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _parse_identifier(text: str) -> Any:
+    """`value` or `value:type`, as typed on a command line (`tg_789`, `U98765ABC:slack`)."""
+    value, sep, kind = text.rpartition(":")
+    if sep and value and kind and kind.isidentifier() and "@" not in kind:
+        return (value, kind)
+    return text
+
+
+@app.command()
+def migrate(check: bool = typer.Option(False, "--check", help="Only list pending migrations.")):
+    """Create or upgrade the database schema (also done at every start-up)."""
+
+    async def main() -> None:
+        settings = _settings()
+        db = await connect(settings.database)
+        try:
+            pending = await db.pending_migrations()
+            if check or not pending:
+                for m in pending:
+                    out.print(f"pending  {m.component} {m.version:04d} {m.name}")
+                out.print(f"{describe_url(settings.database)}: "
+                          f"{len(pending) or 'no'} pending migration(s)")
+                if check and pending:
+                    raise typer.Exit(1)
+                return
+            for m in await db.migrate():
+                out.print(f"applied  {m.component} {m.version:04d} {m.name}")
+            out.print(f"{describe_url(settings.database)}: up to date")
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(main())
+    except (ConfigError, DatabaseError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@users.command("resolve")
+def users_resolve(
+    identifier: str = typer.Argument(..., help="An identifier, optionally value:type."),
+    create: bool = typer.Option(False, "--create", help="Create the user if it is unknown."),
+    formation: str = FormationOption,
+):
+    """Print the user id (usr_…) behind an identifier."""
+
+    async def work(rt: Runtime) -> None:
+        user_id = await rt.identity.resolve(formation or rt.settings.formation_id,
+                                            _parse_identifier(identifier), create=create)
+        if user_id is None:
+            err.print(f"no user has identifier {identifier} (use --create to make one)")
+            raise typer.Exit(1)
+        out.print(user_id)
+
+    _run(work)
+
+
+@users.command("link")
+def users_link(
+    identifiers: list[str] = typer.Argument(..., help="Identifiers, each value or value:type."),
+    user: str = typer.Option(None, "--user", "-u",
+                             help="Link to this user; default: the owner of one of them, or new."),
+    formation: str = FormationOption,
+):
+    """Link identifiers to one user, all or nothing."""
+
+    async def work(rt: Runtime) -> None:
+        result = await rt.identity.associate(
+            formation or rt.settings.formation_id,
+            [_parse_identifier(i) for i in identifiers], user,
+        )
+        out.print(f"{result.user_id}{' (new user)' if result.created_user else ''}")
+        for ident in result.linked:
+            out.print(f"  linked   {ident.display} ({ident.type or 'untyped'})")
+        for ident in result.existing:
+            out.print(f"  already  {ident.display} ({ident.type or 'untyped'})")
+
+    _run(work)
+
+
+@users.command("unlink")
+def users_unlink(identifier: str, formation: str = FormationOption):
+    """Remove an identifier from its user (the user and its memory stay)."""
+
+    async def work(rt: Runtime) -> None:
+        owner = await rt.identity.unlink(formation or rt.settings.formation_id,
+                                         _parse_identifier(identifier))
+        out.print(f"unlinked {identifier} from {owner}")
+
+    _run(work)
+
+
+@users.command("show")
+def users_show(user_or_identifier: str, formation: str = FormationOption):
+    """List a user's identifiers; give a usr_… id or any of its identifiers."""
+
+    async def work(rt: Runtime) -> None:
+        fid = formation or rt.settings.formation_id
+        user_id = user_or_identifier
+        if not user_id.startswith("usr_"):
+            found = await rt.identity.resolve(fid, _parse_identifier(user_id), create=False)
+            if found is None:
+                err.print(f"no user has identifier {user_or_identifier}")
+                raise typer.Exit(1)
+            user_id = found
+        table = Table(title=user_id)
+        for column in ("identifier", "type", "linked at"):
+            table.add_column(column)
+        for item in await rt.identity.identifiers_of(fid, user_id):
+            table.add_row(item.identifier, item.type or "-", item.created_at.isoformat())
+        out.print(table)
+
+    _run(work)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

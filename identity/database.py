@@ -1,0 +1,256 @@
+"""Connections and migrations for the two supported databases.
+
+PostgreSQL goes through an asyncpg pool. SQLite goes through aiosqlite in WAL mode with one
+writer connection (guarded by a lock, transactions opened with BEGIN IMMEDIATE so that other
+processes wait their turn) and one reader connection for plain lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiosqlite
+import asyncpg
+import structlog
+
+log = structlog.get_logger("threadline.database")
+
+# Packages whose migrations/ folder holds NNNN_name.<dialect>.sql files, applied in order.
+MIGRATION_COMPONENTS: dict[str, Path] = {
+    "identity": Path(__file__).with_name("migrations"),
+}
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(postgres|sqlite)\.sql$")
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or is not in a usable state."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    component: str
+    version: int
+    name: str
+    sql: str
+
+
+def register_migrations(component: str, folder: Path) -> None:
+    MIGRATION_COMPONENTS[component] = folder
+
+
+def migrations_for(dialect: str) -> list[Migration]:
+    found = []
+    for component, folder in MIGRATION_COMPONENTS.items():
+        for path in sorted(folder.glob("*.sql")):
+            match = _MIGRATION_FILE.match(path.name)
+            if match and match.group(3) == dialect:
+                found.append(
+                    Migration(component, int(match.group(1)), match.group(2), path.read_text())
+                )
+    return found
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for logs and status output."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+class Database:
+    dialect: str
+    url: str
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def migrate(self) -> list[Migration]:
+        """Apply pending migrations; returns what was applied."""
+        raise NotImplementedError
+
+    async def pending_migrations(self) -> list[Migration]:
+        raise NotImplementedError
+
+
+def sqlite_path(url: str) -> str:
+    if url in ("sqlite://:memory:", "sqlite:///:memory:"):
+        raise DatabaseError("in-memory SQLite cannot be shared between connections; use a file")
+    if not url.startswith("sqlite:///"):
+        raise DatabaseError(f"a SQLite URL looks like sqlite:///path/to/file.db, got {url!r}")
+    # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy spells them.
+    return url[len("sqlite:///"):]
+
+
+async def connect(url: str, *, pool_size: int = 10) -> Database:
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgres", "postgresql"):
+        return await PostgresDatabase.open(url, pool_size=pool_size)
+    if scheme == "sqlite":
+        return await SqliteDatabase.open(url)
+    raise DatabaseError(
+        f"unsupported database URL scheme {scheme!r}: use postgresql://… or sqlite:///path"
+    )
+
+
+class PostgresDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+        self.url = url
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=pool_size, command_timeout=30
+            )
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL at {describe_url(url)}: {exc}"
+            ) from exc
+        return cls(url, pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _applied(self, conn: asyncpg.Connection) -> set[tuple[str, int]]:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        rows = await conn.fetch("SELECT component, version FROM schema_migrations")
+        return {(r["component"], r["version"]) for r in rows}
+
+    async def pending_migrations(self) -> list[Migration]:
+        async with self.pool.acquire() as conn:
+            exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            applied = await self._applied(conn) if exists else set()
+        return [m for m in migrations_for(self.dialect) if (m.component, m.version) not in applied]
+
+    async def migrate(self) -> list[Migration]:
+        done = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One migrator at a time across every process sharing the database.
+            await conn.execute("SELECT pg_advisory_xact_lock(7352491)")
+            applied = await self._applied(conn)
+            for m in migrations_for(self.dialect):
+                if (m.component, m.version) in applied:
+                    continue
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
+                    m.component, m.version, m.name,
+                )
+                done.append(m)
+        for m in done:
+            log.info("migration applied", component=m.component, version=m.version, name=m.name)
+        return done
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, url: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.url = url
+        self.writer = writer
+        self.reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteDatabase:
+        path = Path(sqlite_path(url))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = await cls._connect(path)
+            reader = await cls._connect(path)
+        except (OSError, aiosqlite.Error) as exc:
+            raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from exc
+        return cls(url, writer, reader)
+
+    @staticmethod
+    async def _connect(path: Path) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA busy_timeout = 30000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def close(self) -> None:
+        await self.reader.close()
+        await self.writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction; other writers, in this process or another, wait for it."""
+        async with self._write_lock:
+            await self.writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.writer
+            except BaseException:
+                await self.writer.execute("ROLLBACK")
+                raise
+            else:
+                await self.writer.execute("COMMIT")
+
+    async def fetchone(self, sql: str, *args: Any) -> aiosqlite.Row | None:
+        rows = await self.reader.execute_fetchall(sql, args)
+        return rows[0] if rows else None  # type: ignore[index]
+
+    async def fetchall(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
+        return list(await self.reader.execute_fetchall(sql, args))
+
+    async def _applied(self, conn: aiosqlite.Connection) -> set[tuple[str, int]]:
+        rows = await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        )
+        if not list(rows):
+            return set()
+        rows = await conn.execute_fetchall("SELECT component, version FROM schema_migrations")
+        return {(r[0], r[1]) for r in rows}
+
+    async def pending_migrations(self) -> list[Migration]:
+        applied = await self._applied(self.reader)
+        return [m for m in migrations_for(self.dialect) if (m.component, m.version) not in applied]
+
+    async def migrate(self) -> list[Migration]:
+        done = []
+        async with self.transaction() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),"
+                " PRIMARY KEY (component, version))"
+            )
+            applied = await self._applied(conn)
+            for m in migrations_for(self.dialect):
+                if (m.component, m.version) in applied:
+                    continue
+                # executescript would COMMIT our transaction; run statement by statement.
+                for statement in _statements(m.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (component, version, name) VALUES (?, ?, ?)",
+                    (m.component, m.version, m.name),
+                )
+                done.append(m)
+        for m in done:
+            log.info("migration applied", component=m.component, version=m.version, name=m.name)
+        return done
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

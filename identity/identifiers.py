@@ -1,0 +1,164 @@
+"""Turn every identifier form the spec shows into one canonical `Identifier`.
+
+Accepted forms: "alice@email.com", {"identifier": "U98765ABC", "type": "slack"},
+("user_123", "internal"), or an `Identifier` already parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from identity.types import Identifier, InvalidIdentifierError
+
+MAX_LENGTH = 512
+
+KNOWN_TYPES = frozenset(
+    {"email", "slack", "github", "telegram", "discord", "api_key", "internal"}
+)
+# Platforms whose ids are bare numbers: the canonical value carries the spec's prefix,
+# so ("789", "telegram") and "tg_789" are one identifier.
+NUMERIC_PREFIXES = {"telegram": "tg_", "discord": "discord_", "github": "github_"}
+SECRET_TYPES = frozenset({"api_key"})
+
+_JUNK = frozenset(
+    {"null", "undefined", "anonymous", "none", "nil", "nan", "-1", "0", "(null)", "[object object]"}
+)
+_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_PREFIXED = {prefix: kind for kind, prefix in NUMERIC_PREFIXES.items()}
+_PREFIXED_VALUE = re.compile(r"^(tg_|discord_|github_)(\d{1,32})$")
+# The stored form of secret identifiers; no plain value may take that shape.
+_HASHED_KEY = re.compile(r"^h:[0-9a-f]{64}$")
+
+
+def is_email(value: str) -> bool:
+    return len(value) <= 254 and _EMAIL.match(value.lower()) is not None
+
+
+class IdentifierParser:
+    """Parses raw identifiers; holds the server secret that keys api-key hashes."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the identity secret must be at least 16 bytes")
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "IdentifierParser(secret=***)"
+
+    def parse(self, raw: Any) -> Identifier:
+        if isinstance(raw, Identifier):
+            return raw
+        value, kind = _split(raw)
+        value = _clean_value(value)
+        kind = _clean_type(kind)
+        return self._canonical(value, kind)
+
+    def parse_many(self, raws: Iterable[Any]) -> list[Identifier]:
+        """Parse a batch, dropping exact repeats; an empty batch is an error."""
+        if isinstance(raws, (str, bytes, Mapping)) or not isinstance(raws, Iterable):
+            raise InvalidIdentifierError("identifiers must be a list", field="identifiers")
+        seen: dict[str, Identifier] = {}
+        for position, raw in enumerate(raws):
+            try:
+                ident = self.parse(raw)
+            except InvalidIdentifierError as exc:
+                raise InvalidIdentifierError(
+                    f"identifiers[{position}]: {exc}", field=f"identifiers[{position}]"
+                ) from None
+            seen.setdefault(ident.key, ident)
+        if not seen:
+            raise InvalidIdentifierError("identifiers must not be empty", field="identifiers")
+        return list(seen.values())
+
+    def hash_secret(self, value: str) -> str:
+        return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()
+
+    def _canonical(self, value: str, kind: str | None) -> Identifier:
+        if kind is None:
+            if is_email(value):
+                kind = "email"
+            elif match := _PREFIXED_VALUE.match(value):
+                kind = _PREFIXED[match.group(1)]
+        if kind == "email":
+            value = value.lower()
+            if not is_email(value):
+                raise InvalidIdentifierError(f"{value!r} is not a valid email address")
+        elif kind in NUMERIC_PREFIXES:
+            prefix = NUMERIC_PREFIXES[kind]
+            number = value[len(prefix):] if value.startswith(prefix) else value
+            if not number.isascii() or not number.isdigit():
+                raise InvalidIdentifierError(
+                    f"{kind} identifiers are numeric user ids (like {prefix}789), got {value!r}"
+                )
+            value = prefix + number
+        if kind in SECRET_TYPES:
+            return Identifier(value, kind, "h:" + self.hash_secret(value), secret=True)
+        if _HASHED_KEY.match(value):
+            raise InvalidIdentifierError("identifier has the reserved form of a hashed key")
+        return Identifier(value, kind, value)
+
+
+def _split(raw: Any) -> tuple[Any, Any]:
+    if isinstance(raw, str):
+        return raw, None
+    if isinstance(raw, Mapping):
+        if "identifier" not in raw:
+            raise InvalidIdentifierError("an identifier object needs an 'identifier' field")
+        extra = set(raw) - {"identifier", "type"}
+        if extra:
+            raise InvalidIdentifierError(f"unknown identifier fields: {', '.join(sorted(extra))}")
+        return raw["identifier"], raw.get("type")
+    if isinstance(raw, (tuple, list)):
+        if len(raw) == 2:
+            return raw[0], raw[1]
+        if len(raw) == 1:
+            return raw[0], None
+        raise InvalidIdentifierError(
+            f"an identifier pair is (value, type); got a sequence of {len(raw)}"
+        )
+    raise InvalidIdentifierError(
+        f"an identifier is a string, a (value, type) pair or an object; got {type(raw).__name__}"
+    )
+
+
+def _clean_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidIdentifierError(
+            f"an identifier value must be a string, got {type(value).__name__}"
+        )
+    value = str(value).strip()
+    if not value:
+        raise InvalidIdentifierError("identifier is empty")
+    if len(value) > MAX_LENGTH:
+        raise InvalidIdentifierError(f"identifier is longer than {MAX_LENGTH} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise InvalidIdentifierError("identifier contains control characters")
+    if value.lower() in _JUNK:
+        raise InvalidIdentifierError(f"{value!r} is a placeholder, not an identifier")
+    return value
+
+
+def _clean_type(kind: Any) -> str | None:
+    if kind is None:
+        return None
+    if not isinstance(kind, str):
+        raise InvalidIdentifierError(
+            f"an identifier type must be a string, got {type(kind).__name__}", field="type"
+        )
+    kind = kind.strip().lower()
+    if not kind:
+        return None
+    if not _TYPE_NAME.match(kind):
+        raise InvalidIdentifierError(
+            f"identifier type {kind[:40]!r} must be lowercase letters, digits, '_' or '-' "
+            "(at most 32, starting with a letter)",
+            field="type",
+        )
+    return kind

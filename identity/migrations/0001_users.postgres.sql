@@ -1,0 +1,19 @@
+-- Users and the identifiers that lead to them, scoped per formation.
+CREATE TABLE users (
+    id BIGSERIAL PRIMARY KEY,
+    formation_id TEXT NOT NULL,
+    public_id TEXT NOT NULL UNIQUE,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX users_formation_idx ON users (formation_id);
+
+CREATE TABLE user_identifiers (
+    id BIGSERIAL PRIMARY KEY,
+    formation_id TEXT NOT NULL,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    identifier TEXT NOT NULL,
+    type TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT user_identifiers_unique UNIQUE (formation_id, identifier)
+);
+CREATE INDEX user_identifiers_user_idx ON user_identifiers (user_id);

@@ -1,0 +1,127 @@
+"""The identity API everything else calls: resolve, associate, list, unlink."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+from identity.cache import IdentityCache
+from identity.identifiers import IdentifierParser
+from identity.store import PUBLIC_ID_PREFIX, IdentityStore
+from identity.types import (
+    AssociateResult,
+    Identifier,
+    IdentityError,
+    InvalidIdentifierError,
+    LinkedIdentifier,
+    UserNotFoundError,
+)
+
+log = structlog.get_logger("threadline.identity")
+
+_FORMATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PUBLIC_ID = re.compile(r"^usr_[A-Za-z0-9_-]{1,64}$")
+
+
+class InvalidFormationError(IdentityError, ValueError):
+    pass
+
+
+def check_formation(formation: str) -> str:
+    if not isinstance(formation, str) or not _FORMATION_ID.match(formation):
+        raise InvalidFormationError(
+            f"formation id {str(formation)[:70]!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return formation
+
+
+def check_user_id(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not _PUBLIC_ID.match(user_id):
+        raise InvalidIdentifierError(
+            f"user id must look like {PUBLIC_ID_PREFIX}… (a public Threadline user id)",
+            field="user_id",
+        )
+    return user_id
+
+
+class IdentityService:
+    def __init__(self, store: IdentityStore, cache: IdentityCache, parser: IdentifierParser):
+        self.store = store
+        self.cache = cache
+        self.parser = parser
+
+    def parse(self, raw: Any) -> Identifier:
+        return self.parser.parse(raw)
+
+    async def resolve(self, formation: str, raw: Any, *, create: bool = True) -> str | None:
+        """The public user id behind an identifier; a first contact creates the user.
+
+        With create=False an unknown identifier gives None.
+        """
+        check_formation(formation)
+        ident = self.parser.parse(raw)
+        cached = await self.cache.get(formation, ident.key)
+        if cached is not None:
+            return cached
+        created = False
+
+        async def load() -> str | None:
+            nonlocal created
+            if not create:
+                return await self.store.lookup(formation, ident.key)
+            user_id, created = await self.store.resolve_or_create(formation, ident)
+            return user_id
+
+        user_id = await self.cache.fill(formation, ident.key, load)
+        if created:
+            log.info("user created", formation=formation, user_id=user_id,
+                     identifier_type=ident.type)
+        return user_id
+
+    async def associate(
+        self, formation: str, identifiers: Iterable[Any], user_id: str | None = None
+    ) -> AssociateResult:
+        """Link identifiers to `user_id`, or with None to their existing owner or a new user.
+
+        All or nothing: a conflict or an unknown user leaves the database untouched.
+        """
+        check_formation(formation)
+        if user_id is not None:
+            check_user_id(user_id)
+        idents = self.parser.parse_many(identifiers)
+        result = await self.store.associate(formation, idents, user_id)
+        await self.cache.invalidate(formation, [i.key for i in idents])
+        log.info(
+            "identifiers linked", formation=formation, user_id=result.user_id,
+            created_user=result.created_user,
+            linked_types=[i.type for i in result.linked],
+            existing=len(result.existing),
+        )
+        return result
+
+    async def identifiers_of(self, formation: str, user_id: str) -> list[LinkedIdentifier]:
+        check_formation(formation)
+        check_user_id(user_id)
+        return await self.store.identifiers_of(formation, user_id)
+
+    async def unlink(self, formation: str, raw: Any) -> str:
+        """Remove one identifier from its user; the user and its data stay."""
+        check_formation(formation)
+        ident = self.parser.parse(raw)
+        try:
+            owner = await self.store.unlink(formation, ident)
+        finally:
+            await self.cache.invalidate(formation, [ident.key])
+        log.info("identifier unlinked", formation=formation, user_id=owner,
+                 identifier_type=ident.type)
+        return owner
+
+    async def require_user(self, formation: str, user_id: str) -> str:
+        check_formation(formation)
+        check_user_id(user_id)
+        if not await self.store.user_exists(formation, user_id):
+            raise UserNotFoundError(user_id)
+        return user_id

@@ -1,0 +1,87 @@
+"""Value types and errors of the identity core. Imports nothing else from Threadline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class IdentityError(Exception):
+    """Root of every error the identity core raises."""
+
+
+class InvalidIdentifierError(IdentityError, ValueError):
+    """An identifier that cannot be accepted; the message names the problem."""
+
+    def __init__(self, message: str, *, field: str = "identifier") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IdentifierConflictError(IdentityError):
+    """An identifier already belongs to a different user."""
+
+    def __init__(self, identifier: Identifier, owner_id: str, requested_id: str) -> None:
+        self.identifier = identifier
+        self.owner_id = owner_id
+        self.requested_id = requested_id  # the user the batch was going to
+        super().__init__(
+            f"identifier {identifier.display} is already linked to user {owner_id}; "
+            f"it cannot also be linked to user {requested_id}"
+        )
+
+
+class UserNotFoundError(IdentityError, LookupError):
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        super().__init__(f"no user {user_id} in this formation")
+
+
+class IdentifierNotFoundError(IdentityError, LookupError):
+    def __init__(self, identifier: Identifier) -> None:
+        self.identifier = identifier
+        super().__init__(f"identifier {identifier.display} is not linked to any user")
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A canonical identifier: build it with `identity.parse_identifier`, not directly.
+
+    `key` is what the store and the cache index on: the canonical value, or for secret
+    types (api keys) a keyed hash of it, so the plain secret never leaves this object.
+    """
+
+    value: str = field(repr=False)
+    type: str | None
+    key: str = field(repr=False)
+    secret: bool = False
+
+    @property
+    def display(self) -> str:
+        """A form safe for logs and listings."""
+        if self.secret:
+            return f"{self.type}:…{self.key[-8:]}"
+        return self.value
+
+    def __str__(self) -> str:
+        return self.display
+
+    def __repr__(self) -> str:
+        return f"Identifier({self.display!r}, type={self.type!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedIdentifier:
+    """One identifier of a user as listed by the store (secret ones shown masked)."""
+
+    identifier: str
+    type: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AssociateResult:
+    user_id: str
+    created_user: bool
+    linked: tuple[Identifier, ...]
+    existing: tuple[Identifier, ...]

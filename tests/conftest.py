@@ -1,0 +1,105 @@
+"""Shared fixtures: a throwaway PostgreSQL database per run, SQLite files, Redis.
+
+PostgreSQL is the server on 127.0.0.1:5432 (or THREADLINE_TEST_POSTGRES_URL, an admin URL
+whose user may create databases). Where it is missing the PostgreSQL tests skip with the
+reason, unless THREADLINE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from identity import Database, IdentifierParser, IdentityService, connect, store_for
+from identity.cache import BoundedMemoryCache, IdentityCache
+
+ADMIN_URL = os.environ.get(
+    "THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("THREADLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE = os.environ.get("THREADLINE_REQUIRE_SERVICES") == "1"
+TEST_SECRET = b"test-identity-secret-0123456789"
+
+
+def _missing(what: str, why: object) -> None:
+    message = f"{what} is not reachable ({why})"
+    if REQUIRE:
+        pytest.fail(message + "; THREADLINE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
+    pytest.skip(message)
+
+
+def _with_database(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test run, dropped afterwards."""
+    import asyncio
+
+    name = f"threadline_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        _missing(f"PostgreSQL at {ADMIN_URL}", exc)
+    url = _with_database(ADMIN_URL, name)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        _missing(f"Redis at {REDIS_URL}", exc)
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'threadline.db'}"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await connect(database_url)
+    await database.migrate()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def formation() -> str:
+    """A formation of its own for each test, so tests never see each other's users."""
+    return f"f{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def parser() -> IdentifierParser:
+    return IdentifierParser(TEST_SECRET)
+
+
+@pytest.fixture
+async def identity(db: Database, parser: IdentifierParser) -> AsyncIterator[IdentityService]:
+    cache = IdentityCache(BoundedMemoryCache(max_entries=1000), ttl=3600)
+    yield IdentityService(store_for(db), cache, parser)
+    await cache.close()
