@@ -25,8 +25,8 @@ app = typer.Typer(
 )
 users = typer.Typer(help="Look up and link the identifiers of users.", no_args_is_help=True)
 app.add_typer(users, name="users")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 FormationOption = typer.Option(None, "--formation", "-f", help="Formation id (default: settings).")

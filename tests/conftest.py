@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import redis
 
+from gateway.logs import configure_logging
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache
 
@@ -26,6 +27,8 @@ ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("THREADLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("THREADLINE_REQUIRE_SERVICES") == "1"
 TEST_SECRET = b"test-identity-secret-0123456789"
+
+configure_logging("console", "info")
 
 
 def _missing(what: str, why: object) -> None:
