@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 import secrets as _secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from cryptography.fernet import Fernet
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 _SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -36,6 +37,14 @@ class Settings(BaseModel):
     cache_ttl: float = Field(3600.0, gt=0)
     cache_max_entries: int = Field(100_000, ge=1)
     identity_secret: SecretStr | None = None
+    credentials_key: SecretStr | None = None
+    session_idle_timeout: float = Field(1800.0, gt=0)
+    session_buffer_size: int = Field(20, ge=1, le=1000)
+    responder: Literal["offline", "openai"] = "offline"
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+    llm_timeout: float = Field(30.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     formation_file: Path | None = None
@@ -53,19 +62,43 @@ class Settings(BaseModel):
 
     def identity_key(self) -> bytes:
         """The HMAC key for api-key identifiers; generated once in development."""
-        if self.identity_secret is not None:
-            return self.identity_secret.get_secret_value().encode()
+        return self._secret(self.identity_secret, "identity.secret", "THREADLINE_IDENTITY_SECRET",
+                            "so api-key identifiers keep resolving",
+                            lambda: _secrets.token_urlsafe(32))
+
+    def credential_key(self) -> bytes:
+        """The Fernet key that encrypts stored credentials; generated once in development."""
+        key = self._secret(self.credentials_key, "credentials.key", "THREADLINE_CREDENTIALS_KEY",
+                           "so stored credentials stay readable",
+                           lambda: Fernet.generate_key().decode())
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError("THREADLINE_CREDENTIALS_KEY must be 32 url-safe base64-encoded "
+                              "bytes (make one with: python -c 'from cryptography.fernet import "
+                              "Fernet; print(Fernet.generate_key().decode())')") from None
+        return key
+
+    def _secret(self, given: SecretStr | None, filename: str, variable: str, why: str,
+                make: Callable[[], str]) -> bytes:
+        if given is not None:
+            return given.get_secret_value().encode()
         if self.env == "production":
-            raise ConfigError(
-                "THREADLINE_IDENTITY_SECRET is not set: production needs a fixed secret "
-                "(32+ random characters) so api-key identifiers keep resolving"
-            )
-        path = self.data_dir / "identity.secret"
+            raise ConfigError(f"{variable} is not set: production needs a fixed one {why}")
+        path = self.data_dir / filename
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written aside, then linked into place: a reader never sees a half-written file.
+            temp = path.with_name(f".{filename}.{os.getpid()}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
-                handle.write(_secrets.token_urlsafe(32))
+                handle.write(make())
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass  # another process made it first; use theirs
+            finally:
+                temp.unlink()
         return path.read_text().strip().encode()
 
 

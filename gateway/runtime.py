@@ -5,8 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config.settings import Settings
+from gateway.channels import ChannelRegistry
+from gateway.engine import Engine
+from gateway.responders.base import Responder
+from gateway.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
+from memory import Memory
+
+
+def make_responder(settings: Settings) -> Responder:
+    if settings.responder == "openai":
+        from gateway.responders.openai import OpenAIResponder
+
+        return OpenAIResponder(
+            base_url=settings.llm_base_url, model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            timeout=settings.llm_timeout,
+        )
+    from gateway.responders.offline import OfflineResponder
+
+    return OfflineResponder()
 
 
 @dataclass
@@ -14,6 +33,10 @@ class Runtime:
     settings: Settings
     db: Database
     identity: IdentityService
+    memory: Memory
+    engine: Engine
+    channels: ChannelRegistry
+    scheduler: Scheduler
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -25,12 +48,24 @@ class Runtime:
                 make_backend(settings.cache, max_entries=settings.cache_max_entries),
                 ttl=settings.cache_ttl,
             )
-            parser = IdentifierParser(settings.identity_key())
+            identity = IdentityService(store_for(db), cache,
+                                       IdentifierParser(settings.identity_key()))
+            memory = Memory.open(db, credentials_key=settings.credential_key(),
+                                 idle_timeout=settings.session_idle_timeout,
+                                 buffer_size=settings.session_buffer_size)
+            responder = make_responder(settings)
         except BaseException:
             await db.close()
             raise
-        return cls(settings, db, IdentityService(store_for(db), cache, parser))
+        engine = Engine(identity, memory, responder, formation=settings.formation_id)
+        channels = ChannelRegistry()
+        return cls(settings, db, identity, memory, engine, channels,
+                   Scheduler(memory, channels))
 
     async def close(self) -> None:
+        self.scheduler.stop()
+        responder_close = getattr(self.engine.responder, "close", None)
+        if responder_close is not None:
+            await responder_close()
         await self.identity.cache.close()
         await self.db.close()

@@ -26,7 +26,8 @@ log = structlog.get_logger("threadline.database")
 MIGRATION_COMPONENTS: dict[str, Path] = {
     "identity": Path(__file__).with_name("migrations"),
 }
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(postgres|sqlite)\.sql$")
+# NNNN_name.sql serves both databases; NNNN_name.postgres.sql / .sqlite.sql only one.
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)(?:\.(postgres|sqlite))?\.sql$")
 
 
 class DatabaseError(Exception):
@@ -50,7 +51,7 @@ def migrations_for(dialect: str) -> list[Migration]:
     for component, folder in MIGRATION_COMPONENTS.items():
         for path in sorted(folder.glob("*.sql")):
             match = _MIGRATION_FILE.match(path.name)
-            if match and match.group(3) == dialect:
+            if match and match.group(3) in (dialect, None):
                 found.append(
                     Migration(component, int(match.group(1)), match.group(2), path.read_text())
                 )
@@ -67,8 +68,30 @@ def describe_url(url: str) -> str:
 
 
 class Database:
+    """A database with one query API for both dialects: SQL is written with $1, $2 …
+    placeholders (PostgreSQL's), which SQLite receives as ?1, ?2 …"""
+
     dialect: str
     url: str
+
+    def transaction(self) -> Any:
+        """`async with db.transaction() as tx:` where tx has the query methods below."""
+        raise NotImplementedError
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        raise NotImplementedError
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return row[0] if row else None
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -122,6 +145,19 @@ class PostgresDatabase(Database):
 
     async def close(self) -> None:
         await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(sql, *args)
 
     async def _applied(self, conn: asyncpg.Connection) -> set[tuple[str, int]]:
         await conn.execute(
@@ -193,8 +229,9 @@ class SqliteDatabase(Database):
         await self.writer.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction; other writers, in this process or another, wait for it."""
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction on the raw connection (? placeholders); other writers, in
+        this process or another, wait for it."""
         async with self._write_lock:
             await self.writer.execute("BEGIN IMMEDIATE")
             try:
@@ -204,6 +241,14 @@ class SqliteDatabase(Database):
                 raise
             else:
                 await self.writer.execute("COMMIT")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        async with self.write() as conn:
+            yield SqliteTransaction(conn)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self.reader.execute_fetchall(_numbered(sql), args))
 
     async def fetchone(self, sql: str, *args: Any) -> aiosqlite.Row | None:
         rows = await self.reader.execute_fetchall(sql, args)
@@ -227,7 +272,7 @@ class SqliteDatabase(Database):
 
     async def migrate(self) -> list[Migration]:
         done = []
-        async with self.transaction() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
@@ -249,6 +294,37 @@ class SqliteDatabase(Database):
         for m in done:
             log.info("migration applied", component=m.component, version=m.version, name=m.name)
         return done
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _numbered(sql: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+class SqliteTransaction:
+    """The portable query methods on SQLite's writer connection, inside a transaction."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_numbered(sql), args)
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self._conn.executemany(_numbered(sql), rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self._conn.execute_fetchall(_numbered(sql), args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return row[0] if row else None
 
 
 def _statements(sql: str) -> list[str]:

@@ -44,7 +44,7 @@ class SqliteIdentityStore:
         found = await self.lookup(formation, ident.key)
         if found is not None:
             return found, False
-        async with self._db.transaction() as conn:
+        async with self._db.write() as conn:
             rows = list(await conn.execute_fetchall(_LOOKUP, (formation, ident.key)))
             if rows:
                 return rows[0][0], False
@@ -59,7 +59,7 @@ class SqliteIdentityStore:
         self, formation: str, idents: list[Identifier], user_id: str | None
     ) -> AssociateResult:
         keys = [i.key for i in idents]
-        async with self._db.transaction() as conn:
+        async with self._db.write() as conn:
             target_row = None
             if user_id is not None:
                 rows = list(await conn.execute_fetchall(
@@ -114,7 +114,7 @@ class SqliteIdentityStore:
         ]
 
     async def unlink(self, formation: str, ident: Identifier) -> str:
-        async with self._db.transaction() as conn:
+        async with self._db.write() as conn:
             rows = list(await conn.execute_fetchall(
                 "DELETE FROM user_identifiers WHERE formation_id = ? AND identifier = ?"
                 " RETURNING (SELECT public_id FROM users WHERE users.id = user_id)",

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import redis
 
+import memory  # noqa: F401  (registers the memory migrations)
 from gateway.logs import configure_logging
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache
@@ -106,3 +107,19 @@ async def identity(db: Database, parser: IdentifierParser) -> AsyncIterator[Iden
     cache = IdentityCache(BoundedMemoryCache(max_entries=1000), ttl=3600)
     yield IdentityService(store_for(db), cache, parser)
     await cache.close()
+
+
+CREDENTIALS_KEY = b"kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8="
+
+
+@pytest.fixture
+def memory_store(db: Database) -> memory.Memory:
+    return memory.Memory.open(db, credentials_key=CREDENTIALS_KEY)
+
+
+@pytest.fixture
+def engine(identity: IdentityService, memory_store: memory.Memory, formation: str):
+    from gateway.engine import Engine
+    from gateway.responders.offline import OfflineResponder
+
+    return Engine(identity, memory_store, OfflineResponder(), formation=formation)

@@ -1,0 +1,41 @@
+"""A channel that lives in memory, so the whole gateway can be driven in tests.
+
+    channel = InMemoryChannel(engine)
+    reply = await channel.push("user_123", "my budget is $5,000")
+    channel.outbox  # everything said to people, replies and reminders alike
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from gateway.engine import Engine
+from gateway.messages import InboundMessage, OutboundMessage, Reply
+
+
+class InMemoryChannel:
+    def __init__(self, engine: Engine, name: str = "test") -> None:
+        self.engine = engine
+        self.name = name
+        self.outbox: list[OutboundMessage] = []
+        self._ids = itertools.count(1)
+
+    async def push(self, identifier: Any, text: str, *, conversation: str = "main",
+                   message_id: str | None = None) -> Reply | None:
+        """Say something as `identifier`; returns the reply (None for a redelivery)."""
+        message = InboundMessage(
+            channel=self.name, identifier=identifier, conversation=conversation, text=text,
+            message_id=message_id or f"{self.name}-{next(self._ids)}",
+        )
+        reply = await self.engine.handle(message)
+        if reply is not None:
+            self.outbox.append(OutboundMessage(self.name, conversation, reply.text,
+                                               reply.user_id))
+        return reply
+
+    async def deliver(self, message: OutboundMessage) -> None:
+        self.outbox.append(message)
+
+    def pop(self) -> OutboundMessage:
+        return self.outbox.pop(0)

@@ -1,0 +1,95 @@
+"""The default responder: a deterministic memory assistant, no model and no network."""
+
+from __future__ import annotations
+
+from gateway.responders.base import Changes, Context, Response
+from gateway.responders.rules import Intent, understand
+
+HELP = (
+    "I remember what you tell me, on every channel you have linked. Try:\n"
+    "• my budget is $5,000 — then: what's my budget?\n"
+    "• call me Alex · I prefer short answers · remember that the demo is on Friday\n"
+    "• what do you know about me? · forget my budget\n"
+    "• remind me in 10 minutes to stretch · remind me at 14:30 to call Bob\n"
+    "• /link to connect another channel, /whoami to see your linked channels"
+)
+
+
+class OfflineResponder:
+    name = "offline"
+
+    async def respond(self, context: Context, changes: Changes) -> Response:
+        intent = understand(context.text, context.now)
+        return Response(answer(intent, context), changes)
+
+
+def _name(context: Context) -> str:
+    fact = context.fact("name")
+    return f", {fact.value}" if fact else ""
+
+
+def answer(intent: Intent, context: Context) -> str:
+    kind = intent.kind
+    if kind == "greeting":
+        return f"Hello{_name(context)}! What can I do for you? (say 'help' to see what I can do)"
+    if kind == "help":
+        return HELP
+    if kind == "empty":
+        return "I didn't catch anything there. Say 'help' to see what I can do."
+    if kind == "set_fact":
+        return f"Got it: your {intent.key} is {intent.value}."
+    if kind == "set_name":
+        return f"Nice to meet you, {intent.value}. I'll call you that everywhere."
+    if kind == "prefer":
+        return f"Noted: you prefer {intent.value}."
+    if kind == "about":
+        return f"Thanks, I'll remember that you're {intent.value}."
+    if kind == "remember":
+        return f"I'll remember that {intent.value}."
+    if kind == "remind":
+        return f"OK, I'll remind you to {intent.value} at {intent.key}."
+    if kind == "bad_time":
+        return "That isn't a time I understand; try 'remind me at 14:30 to …'."
+    if kind == "forget":
+        if context.fact(intent.key):
+            return f"Done, I've forgotten your {intent.key}."
+        return f"I didn't have your {intent.key} to begin with."
+    if kind == "ask":
+        return _recall(intent.key, context)
+    if kind == "about_me":
+        return _about_me(context)
+    if context.memories:
+        return "Here's what I remember that might help: " + "; ".join(
+            m.content for m in context.memories[:3]
+        )
+    return ("I'm not sure what to do with that. Tell me things like 'my budget is $5,000' "
+            "and ask 'what's my budget?', or say 'help'.")
+
+
+def _recall(key: str, context: Context) -> str:
+    fact = context.fact(key)
+    if fact is not None:
+        if key == "name":
+            return f"Your name is {fact.value}."
+        return f"Your {key} is {fact.value}."
+    if key.endswith("s") and (fact := context.fact(key[:-1])):
+        return f"Your {fact.key} is {fact.value}."
+    related = [m.content for m in context.memories if key in m.content.lower()]
+    if related:
+        return "I don't have your " + key + " as such, but you told me: " + "; ".join(related[:3])
+    return f"I don't have that information: you haven't told me your {key}."
+
+
+def _about_me(context: Context) -> str:
+    lines = []
+    for fact in context.facts:
+        if fact.kind == "fact":
+            lines.append(f"• your {fact.key}: {fact.value}")
+    for fact in context.facts:
+        if fact.kind == "preference":
+            lines.append(f"• you prefer {fact.value}")
+    for memory in context.recent_memories[:5]:
+        lines.append(f"• {memory.content}")
+    if not lines:
+        return "I don't know anything about you yet. Tell me something, like 'my budget is $5,000'."
+    return "Here's what I know about you:\n" + "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Read what a message asks of memory, with plain patterns (no model, no network).
+
+`understand(text)` returns an `Intent`: what kind of message it is, the key or value it is
+about, and the memory `Changes` it implies. Casing, punctuation and small phrasing variants
+("What is my budget", "whats my budget?", "my Budget is $5,000.") read the same.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from gateway.responders.base import Changes, ScheduleRequest
+
+_SPACES = re.compile(r"\s+")
+_TRAILING = re.compile(r"[\s.!?;,]+$")
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'"})
+
+
+@dataclass
+class Intent:
+    kind: str
+    key: str = ""
+    value: str = ""
+    changes: Changes = field(default_factory=Changes)
+
+
+def clean(text: str) -> str:
+    """Single spaces, straight apostrophes, no trailing punctuation."""
+    text = _SPACES.sub(" ", text.translate(_APOSTROPHES)).strip()
+    return _TRAILING.sub("", text)
+
+
+def fact_key(words: str) -> str:
+    """`Favorite Color` -> `favorite color`; `the budget` -> `budget`."""
+    key = clean(words).lower()
+    key = re.sub(r"^(the|a|an) ", "", key)
+    return key[:100]
+
+
+_GREETING = re.compile(r"^(hi|hello|hey|hiya|howdy|yo|good (morning|afternoon|evening)|greetings)"
+                       r"\b(\s+there)?(\s+\w+)?$", re.I)
+_HELP = re.compile(r"^/?(help|commands|what can you do|how does this work|\?)$", re.I)
+_ABOUT_ME = re.compile(r"^(what do you know about me|what do you remember( about me)?|"
+                       r"tell me (everything )?(what )?you know about me|who am i)$", re.I)
+_ASK = re.compile(r"^(?:what(?:'s| is|s| was|re| are)|tell me|do you (?:know|remember)|"
+                  r"remind me (?:of|what)|what did i say)\s+(?:is\s+)?my\s+(.+?)(?:\s+is)?$", re.I)
+_FORGET = re.compile(r"^(?:please )?forget (?:about )?my (.+)$", re.I)
+_REMEMBER = re.compile(r"^(?:please )?(?:remember|note|keep in mind)(?: that)?:? (.+)$", re.I)
+_REMIND_IN = re.compile(
+    r"^remind me in (\d+) ?(second|sec|minute|min|hour|hr|day)s? (?:to |that |about )?(.+)$", re.I)
+_REMIND_AT = re.compile(
+    r"^remind me at (\d{1,2})(?::(\d{2}))? ?(am|pm)? (?:to |that |about )?(.+)$", re.I)
+_CALL_ME = re.compile(r"^(?:please )?call me (.+)$", re.I)
+_MY_X_IS = re.compile(r"^my (.+?) (?:is|are|=|was) (.+)$", re.I)
+_PREFER = re.compile(r"^i (?:prefer|like|love|'d rather|would rather) (.+)$", re.I)
+_I_AM = re.compile(r"^(?:i am|i'm|im) (.+)$", re.I)
+_NAME_LIKE = re.compile(r"^[A-Z][\w'-]*( [A-Z][\w'-]*){0,2}$")
+_UNITS = {"second": 1, "sec": 1, "minute": 60, "min": 60, "hour": 3600, "hr": 3600,
+          "day": 86400}
+
+
+def understand(text: str, now: float) -> Intent:
+    said = clean(text)
+    if not said:
+        return Intent("empty")
+    if _HELP.match(said):
+        return Intent("help")
+    if _GREETING.match(said):
+        return Intent("greeting")
+    if _ABOUT_ME.match(said):
+        return Intent("about_me")
+    if match := _ASK.match(said):
+        return Intent("ask", key=fact_key(match.group(1)))
+    if match := _FORGET.match(said):
+        key = fact_key(match.group(1))
+        return Intent("forget", key=key, changes=Changes(forget=[key]))
+    if match := _REMIND_IN.match(said):
+        seconds = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        when = datetime.fromtimestamp(now + seconds, UTC)
+        return _reminder(match.group(3), when)
+    if match := _REMIND_AT.match(said):
+        return _reminder_at(match, now)
+    if match := _REMEMBER.match(said):
+        note = match.group(1)
+        inner = understand(note, now)
+        changes = Changes(memories=[note], facts=inner.changes.facts)
+        return Intent("remember", value=note, changes=changes)
+    if match := _CALL_ME.match(said):
+        name = match.group(1).strip()
+        return Intent("set_name", value=name, changes=Changes(facts={"name": name}))
+    if match := _MY_X_IS.match(said):
+        key, value = fact_key(match.group(1)), match.group(2).strip()
+        return Intent("set_fact", key=key, value=value, changes=Changes(facts={key: value}))
+    if match := _PREFER.match(said):
+        value = match.group(1).strip()
+        return Intent("prefer", value=value, changes=Changes(preferences=[value]))
+    if match := _I_AM.match(said):
+        rest = match.group(1).strip()
+        if _NAME_LIKE.match(rest) and rest.lower() not in _NOT_NAMES:
+            return Intent("set_name", value=rest, changes=Changes(facts={"name": rest}))
+        return Intent("about", value=rest, changes=Changes(memories=[f"I am {rest}"]))
+    return Intent("unknown")
+
+
+_NOT_NAMES = {"fine", "good", "ok", "okay", "here", "back", "busy", "tired", "sorry", "done"}
+
+
+def _reminder(what: str, when: datetime) -> Intent:
+    what = clean(what)
+    request = ScheduleRequest("one_time", when.isoformat(), what)
+    return Intent("remind", value=what, key=when.strftime("%H:%M UTC"),
+                  changes=Changes(tasks=[request]))
+
+
+def _reminder_at(match: re.Match[str], now: float) -> Intent:
+    hour, minute = int(match.group(1)), int(match.group(2) or 0)
+    half = (match.group(3) or "").lower()
+    if half == "pm" and hour < 12:
+        hour += 12
+    elif half == "am" and hour == 12:
+        hour = 0
+    if hour > 23 or minute > 59:
+        return Intent("bad_time", value=match.group(0))
+    current = datetime.fromtimestamp(now, UTC)
+    when = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if when <= current:
+        when += timedelta(days=1)
+    return _reminder(match.group(4), when)

@@ -1,0 +1,151 @@
+"""Scheduled tasks: persisted, claimed atomically, fired once.
+
+A claim moves a due task to `running` in one statement (PostgreSQL skips rows another
+process holds), so two gateways on one database never both fire it. A claim whose process
+died is taken over after the lease expires.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+from identity.database import Database
+from memory.types import InvalidScheduleError, NotFoundError, Task, new_id, now
+
+LEASE_SECONDS = 300.0
+_COLUMNS = ("id, user_id, formation_id, kind, schedule, message, next_run, status, last_run,"
+            " created_at")
+_EVERY = re.compile(r"^every\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
+_IN = re.compile(r"^in\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
+_UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _task(row: Any) -> Task:
+    return Task(*row)
+
+
+def next_run(kind: str, schedule: str, after: float) -> float:
+    """When a task with this schedule fires next, after `after`; raises on a bad schedule."""
+    schedule = schedule.strip()
+    if kind == "one_time":
+        if match := _IN.match(schedule):
+            return after + int(match.group(1)) * _UNIT[match.group(2).lower()]
+        try:
+            when = datetime.fromisoformat(schedule.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidScheduleError(
+                f"a one_time schedule is an ISO 8601 time or 'in N minutes', got {schedule!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if when.timestamp() < after - 60:
+            raise InvalidScheduleError(f"schedule {schedule!r} is in the past")
+        return when.timestamp()
+    if kind == "recurring":
+        if match := _EVERY.match(schedule):
+            seconds = int(match.group(1)) * _UNIT[match.group(2).lower()]
+            if seconds < 60:
+                raise InvalidScheduleError("a recurring task runs at most once a minute")
+            return after + seconds
+        if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
+            raise InvalidScheduleError(
+                f"a recurring schedule is a 5-field cron expression or 'every N minutes', "
+                f"got {schedule!r}"
+            )
+        base = datetime.fromtimestamp(after, UTC)
+        return croniter(schedule, base).get_next(datetime).timestamp()
+    raise InvalidScheduleError(f"task type must be one_time or recurring, got {kind!r}")
+
+
+class Tasks:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, user_id: str, formation: str, kind: str, schedule: str,
+                  message: str) -> Task:
+        if not message.strip():
+            raise InvalidScheduleError("a task needs a message")
+        created = now()
+        task = Task(new_id("job"), user_id, formation, kind, schedule.strip(), message.strip(),
+                    next_run(kind, schedule, created), "scheduled", None, created)
+        await self.db.execute(
+            f"INSERT INTO scheduled_tasks ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+            " $9, $10)",
+            task.id, task.user_id, task.formation_id, task.kind, task.schedule, task.message,
+            task.next_run, task.status, task.last_run, task.created_at,
+        )
+        return task
+
+    async def list(self, user_id: str, *, include_done: bool = False) -> list[Task]:
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM scheduled_tasks WHERE user_id = $1 ORDER BY next_run",
+            user_id,
+        )
+        tasks = [_task(r) for r in rows]
+        return tasks if include_done else [t for t in tasks if t.status in ("scheduled",
+                                                                             "running")]
+
+    async def get(self, user_id: str, task_id: str) -> Task:
+        row = await self.db.fetchrow(
+            f"SELECT {_COLUMNS} FROM scheduled_tasks WHERE user_id = $1 AND id = $2",
+            user_id, task_id,
+        )
+        if row is None:
+            raise NotFoundError("scheduled job", task_id)
+        return _task(row)
+
+    async def cancel(self, user_id: str, task_id: str) -> None:
+        async with self.db.transaction() as tx:
+            found = await tx.fetchval(
+                "UPDATE scheduled_tasks SET status = 'cancelled', next_run = NULL"
+                " WHERE user_id = $1 AND id = $2 AND status IN ('scheduled', 'running')"
+                " RETURNING id",
+                user_id, task_id,
+            )
+        if found is None:
+            raise NotFoundError("scheduled job", task_id)
+
+    async def claim_due(self, worker: str, limit: int = 50, at: float | None = None) -> list[Task]:
+        """Take the due tasks for this worker; no other worker gets the same ones."""
+        at = now() if at is None else at
+        lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE scheduled_tasks SET status = 'running', claimed_by = $1, claimed_at = $2"
+                " WHERE id IN (SELECT id FROM scheduled_tasks WHERE"
+                " ((status = 'scheduled' AND next_run <= $2)"
+                " OR (status = 'running' AND claimed_at < $3))"
+                f" ORDER BY next_run LIMIT $4{lock})"
+                f" RETURNING {_COLUMNS}",
+                worker, at, at - LEASE_SECONDS, limit,
+            )
+        return [_task(r) for r in rows]
+
+    async def finish(self, task: Task, worker: str, at: float | None = None) -> None:
+        """Mark a fired task done, or schedule a recurring one's next run."""
+        at = now() if at is None else at
+        if task.kind == "recurring":
+            status, upcoming = "scheduled", next_run(task.kind, task.schedule, at)
+        else:
+            status, upcoming = "done", None
+        await self.db.execute(
+            "UPDATE scheduled_tasks SET status = $3, next_run = $4, last_run = $5,"
+            " claimed_by = NULL, claimed_at = NULL WHERE id = $1 AND claimed_by = $2",
+            task.id, worker, status, upcoming, at,
+        )
+
+    async def release(self, task: Task, worker: str, retry_in: float = 60.0) -> None:
+        """Give a claimed task back (delivery failed): it is tried again later."""
+        await self.db.execute(
+            "UPDATE scheduled_tasks SET status = 'scheduled', next_run = $3, claimed_by = NULL,"
+            " claimed_at = NULL WHERE id = $1 AND claimed_by = $2",
+            task.id, worker, now() + retry_in,
+        )
+
+
+def describe_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,102 @@
+"""Value types of memory. Imports nothing else from Threadline."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+def now() -> float:
+    return time.time()
+
+
+class MemoryError_(Exception):
+    """Root of memory errors (named so as not to shadow the builtin MemoryError)."""
+
+
+class NotFoundError(MemoryError_, LookupError):
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"no {what} {ident} for this user")
+        self.what = what
+        self.ident = ident
+
+
+class InvalidScheduleError(MemoryError_, ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    kind: str  # "fact" or "preference"
+    key: str
+    value: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    id: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingItem:
+    channel: str
+    role: str
+    content: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    user_id: str
+    formation_id: str
+    channel: str
+    conversation: str
+    started_at: float
+    last_activity: float
+    context: dict[str, Any] = field(default_factory=dict)
+    is_new: bool = False
+
+    def active(self, idle_timeout: float, at: float | None = None) -> bool:
+        return (at if at is not None else now()) - self.last_activity < idle_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMessage:
+    id: str
+    role: str
+    content: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    id: str
+    service: str
+    name: str
+    preview: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    user_id: str
+    formation_id: str
+    kind: str  # "one_time" or "recurring"
+    schedule: str
+    message: str
+    next_run: float | None
+    status: str  # "scheduled", "running", "done", "cancelled"
+    last_run: float | None
+    created_at: float

@@ -1,0 +1,164 @@
+"""What a user shares across every identifier: facts, preferences, memories, synopsis,
+working memory. Everything here is keyed by the public user id."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from identity.database import Database
+from memory.types import Fact, Memory, NotFoundError, WorkingItem, new_id, now
+
+_WORD = re.compile(r"[a-z0-9$€£%.,']+")
+
+
+class UserMemory:
+    def __init__(self, db: Database, *, working_limit: int = 20,
+                 working_max_age: float = 24 * 3600) -> None:
+        self.db = db
+        self.working_limit = working_limit
+        self.working_max_age = working_max_age
+
+    # Facts and preferences (persistent memory as key/value).
+
+    async def set_fact(self, user_id: str, key: str, value: str, kind: str = "fact") -> None:
+        await self.db.execute(
+            "INSERT INTO facts (user_id, kind, key, value, updated_at) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (user_id, kind, key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            user_id, kind, key, value, now(),
+        )
+
+    async def get_fact(self, user_id: str, key: str, kind: str = "fact") -> Fact | None:
+        row = await self.db.fetchrow(
+            "SELECT kind, key, value, updated_at FROM facts"
+            " WHERE user_id = $1 AND kind = $2 AND key = $3",
+            user_id, kind, key,
+        )
+        return Fact(*row) if row else None
+
+    async def facts(self, user_id: str, kind: str | None = None) -> list[Fact]:
+        rows = await self.db.fetch(
+            "SELECT kind, key, value, updated_at FROM facts WHERE user_id = $1"
+            " ORDER BY kind, updated_at",
+            user_id,
+        )
+        return [Fact(*r) for r in rows if kind is None or r[0] == kind]
+
+    async def forget_fact(self, user_id: str, key: str, kind: str = "fact") -> bool:
+        async with self.db.transaction() as tx:
+            found = await tx.fetchval(
+                "DELETE FROM facts WHERE user_id = $1 AND kind = $2 AND key = $3 RETURNING key",
+                user_id, kind, key,
+            )
+        return found is not None
+
+    # Free-text memories.
+
+    async def add_memory(self, user_id: str, content: str,
+                         metadata: dict[str, Any] | None = None) -> Memory:
+        memory = Memory(new_id("mem"), content, metadata or {}, now())
+        await self.db.execute(
+            "INSERT INTO memories (id, user_id, content, metadata, created_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            memory.id, user_id, memory.content, json.dumps(memory.metadata), memory.created_at,
+        )
+        return memory
+
+    async def memories(self, user_id: str, limit: int = 50) -> list[Memory]:
+        rows = await self.db.fetch(
+            "SELECT id, content, metadata, created_at FROM memories WHERE user_id = $1"
+            " ORDER BY created_at DESC LIMIT $2",
+            user_id, limit,
+        )
+        return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    async def search_memories(self, user_id: str, query: str, limit: int = 5) -> list[Memory]:
+        """Memories sharing the most words with the query, best first."""
+        words = set(_WORD.findall(query.lower())) - _STOP_WORDS
+        if not words:
+            return []
+        scored = []
+        for memory in await self.memories(user_id, limit=500):
+            overlap = len(words & set(_WORD.findall(memory.content.lower())))
+            if overlap:
+                scored.append((overlap, memory.created_at, memory))
+        scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return [memory for _, _, memory in scored[:limit]]
+
+    async def delete_memory(self, user_id: str, memory_id: str) -> None:
+        async with self.db.transaction() as tx:
+            found = await tx.fetchval(
+                "DELETE FROM memories WHERE user_id = $1 AND id = $2 RETURNING id",
+                user_id, memory_id,
+            )
+        if found is None:
+            raise NotFoundError("memory", memory_id)
+
+    # The synopsis: a short profile, rebuilt whenever persistent memory changes.
+
+    async def synopsis(self, user_id: str) -> str:
+        return await self.db.fetchval(
+            "SELECT synopsis FROM user_profiles WHERE user_id = $1", user_id
+        ) or ""
+
+    async def refresh_synopsis(self, user_id: str) -> str:
+        text = build_synopsis(await self.facts(user_id), await self.memories(user_id, limit=5))
+        await self.db.execute(
+            "INSERT INTO user_profiles (user_id, synopsis, updated_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id) DO UPDATE SET synopsis = excluded.synopsis,"
+            " updated_at = excluded.updated_at",
+            user_id, text, now(),
+        )
+        return text
+
+    # Working memory: recent turns from every channel, bounded in count and age.
+
+    async def remember_turn(self, user_id: str, channel: str, role: str, content: str) -> None:
+        at = now()
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO working_memory (id, user_id, channel, role, content, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                new_id("wm"), user_id, channel, role, content[:2000], at,
+            )
+            await tx.execute(
+                "DELETE FROM working_memory WHERE user_id = $1 AND (created_at < $2 OR id IN ("
+                " SELECT id FROM working_memory WHERE user_id = $1"
+                " ORDER BY created_at DESC LIMIT -1 OFFSET $3))"
+                if self.db.dialect == "sqlite" else
+                "DELETE FROM working_memory WHERE user_id = $1 AND (created_at < $2 OR id IN ("
+                " SELECT id FROM working_memory WHERE user_id = $1"
+                " ORDER BY created_at DESC OFFSET $3))",
+                user_id, at - self.working_max_age, self.working_limit,
+            )
+
+    async def working(self, user_id: str) -> list[WorkingItem]:
+        rows = await self.db.fetch(
+            "SELECT channel, role, content, created_at FROM working_memory"
+            " WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at DESC LIMIT $3",
+            user_id, now() - self.working_max_age, self.working_limit,
+        )
+        return [WorkingItem(*r) for r in reversed(rows)]
+
+
+_STOP_WORDS = {"the", "a", "an", "is", "are", "my", "me", "i", "what", "whats", "what's", "do",
+               "you", "to", "of", "and", "in", "on", "for", "it", "that", "about", "know"}
+
+
+def build_synopsis(facts: list[Fact], memories: list[Memory]) -> str:
+    """A short profile, in plain sentences, from what the user has told the assistant."""
+    parts = []
+    named = [f for f in facts if f.kind == "fact" and f.key == "name"]
+    if named:
+        parts.append(f"Goes by {named[0].value}.")
+    others = [f for f in facts if f.kind == "fact" and f.key != "name"]
+    if others:
+        parts.append("; ".join(f"{f.key}: {f.value}" for f in others[:12]) + ".")
+    prefs = [f.value for f in facts if f.kind == "preference"]
+    if prefs:
+        parts.append("Prefers " + "; ".join(prefs[:6]) + ".")
+    if memories:
+        parts.append("Notes: " + "; ".join(m.content for m in memories[:5]) + ".")
+    return " ".join(parts)[:1000]

@@ -1,0 +1,144 @@
+"""The spec's story end to end through the engine, on SQLite and PostgreSQL."""
+
+import asyncio
+
+from adapters.inmemory import InMemoryChannel
+from gateway.channels import ChannelRegistry
+from gateway.responders.base import Response
+from gateway.scheduler import Scheduler
+from identity.database import PostgresDatabase
+
+
+async def test_what_alice_says_on_the_web_she_is_told_on_slack(engine, identity, formation):
+    web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
+    told = await web.push("user_123", "My budget is $5,000")
+    assert "$5,000" in told.text
+
+    stranger = await slack.push(("U55555XYZ", "slack"), "What's my budget?")
+    assert "don't have that information" in stranger.text
+
+    await identity.associate(formation, ["user_123", ("U98765ABC", "slack")],
+                             user_id=told.user_id)
+    asked = await slack.push(("U98765ABC", "slack"), "What's my budget?")
+    assert asked.user_id == told.user_id
+    assert "$5,000" in asked.text
+    # One memory, two sessions: the buffers and session ids differ.
+    assert asked.session_id != told.session_id
+    buffers = [await engine.memory.sessions.buffer(r.session_id) for r in (told, asked)]
+    assert [m.content for m in buffers[0]] == ["My budget is $5,000", told.text]
+    assert [m.content for m in buffers[1]] == ["What's my budget?", asked.text]
+
+
+async def test_phrasing_variants_read_the_same(engine):
+    web = InMemoryChannel(engine, "web")
+    await web.push("bob@x.co", "my Budget is $5,000.")
+    for question in ("What is my budget", "whats my budget?", "what's my BUDGET ?",
+                     "Tell me my budget!"):
+        assert "$5,000" in (await web.push("bob@x.co", question)).text, question
+
+
+async def test_unlinking_stops_access_to_the_memory_at_once(engine, identity, formation):
+    web = InMemoryChannel(engine, "web")
+    told = await web.push("user_123", "my budget is $5,000")
+    await identity.associate(formation, [("U1", "slack")], user_id=told.user_id)
+    slack = InMemoryChannel(engine, "slack")
+    assert "$5,000" in (await slack.push(("U1", "slack"), "what's my budget?")).text
+    await identity.unlink(formation, ("U1", "slack"))
+    after = await slack.push(("U1", "slack"), "what's my budget?")
+    assert after.user_id != told.user_id
+    assert "$5,000" not in after.text
+
+
+async def test_a_redelivered_message_gets_one_reply(engine):
+    web = InMemoryChannel(engine, "web")
+    replies = await asyncio.gather(
+        *(web.push("a@x.co", "my budget is 5", message_id="evt-1") for _ in range(5))
+    )
+    assert sum(r is not None for r in replies) == 1
+    assert len(web.outbox) == 1
+
+
+async def test_a_conversation_idle_too_long_starts_a_fresh_session(engine):
+    web = InMemoryChannel(engine, "web")
+    first = await web.push("a@x.co", "my color is teal")
+    again = await web.push("a@x.co", "hello")
+    assert again.session_id == first.session_id
+    engine.memory.sessions.idle_timeout = 0.01
+    await asyncio.sleep(0.05)
+    fresh = await web.push("a@x.co", "what's my color?")
+    assert fresh.session_id != first.session_id
+    assert "teal" in fresh.text  # shared memory survives the session
+    assert len(await engine.memory.sessions.buffer(fresh.session_id)) == 2
+
+
+async def test_separate_conversations_of_one_channel_are_separate_sessions(engine):
+    web = InMemoryChannel(engine, "web")
+    one = await web.push("a@x.co", "hi", conversation="tab-1")
+    two = await web.push("a@x.co", "hi", conversation="tab-2")
+    assert one.session_id != two.session_id and one.user_id == two.user_id
+
+
+async def test_the_assistant_keeps_names_preferences_and_notes(engine):
+    web = InMemoryChannel(engine, "web")
+    await web.push("a@x.co", "call me Alex")
+    await web.push("a@x.co", "I prefer short answers")
+    await web.push("a@x.co", "remember that the demo is on Friday")
+    assert "Alex" in (await web.push("a@x.co", "hello")).text
+    about = (await web.push("a@x.co", "What do you know about me?")).text
+    assert "Alex" in about and "short answers" in about and "demo is on Friday" in about
+    synopsis = await engine.memory.users.synopsis((await web.push("a@x.co", "hi")).user_id)
+    assert "Alex" in synopsis and "short answers" in synopsis
+    await web.push("a@x.co", "forget my name")
+    assert "Alex" not in (await web.push("a@x.co", "hello")).text
+
+
+async def test_reminders_fire_once_into_the_latest_conversation(engine, db):
+    web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
+    reply = await web.push("a@x.co", "remind me in 1 minute to stretch")
+    assert "stretch" in reply.text
+    await engine.identity.associate(engine.formation, [("U1", "slack")], user_id=reply.user_id)
+    await slack.push(("U1", "slack"), "hi", conversation="D1")  # latest activity is on Slack
+    registry = ChannelRegistry()
+    registry.add(web)
+    registry.add(slack)
+    first, second = Scheduler(engine.memory, registry), Scheduler(engine.memory, registry)
+    assert await first.run_once() == 0  # not due yet
+    later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
+    fired = await asyncio.gather(first.run_once(at=later), second.run_once(at=later))
+    assert sum(fired) == 1
+    assert slack.outbox[-1].text == "⏰ Reminder: stretch" and slack.outbox[-1].conversation == "D1"
+    assert await first.run_once(at=later + 3600) == 0
+    assert await engine.memory.tasks.list(reply.user_id) == []
+
+
+async def test_a_failing_responder_apologises_and_keeps_the_turn(engine):
+    class Broken:
+        name = "broken"
+
+        async def respond(self, context, changes) -> Response:
+            raise TimeoutError("model endpoint timed out")
+
+    engine.responder = Broken()
+    web = InMemoryChannel(engine, "web")
+    reply = await web.push("a@x.co", "my budget is $7")
+    assert "Sorry" in reply.text
+    buffer = await engine.memory.sessions.buffer(reply.session_id)
+    assert buffer[0].content == "my budget is $7"
+    assert (await engine.memory.users.get_fact(reply.user_id, "budget")).value == "$7"
+
+
+async def test_credentials_are_not_stored_in_plain_text(engine, db):
+    user = await engine.identity.resolve(engine.formation, "a@x.co")
+    cred = await engine.memory.credentials.add(user, "github", {"token": "ghp_SECRETVALUE123"})
+    assert "SECRETVALUE" not in cred.preview and cred.preview.endswith("…E123")
+    assert (await engine.memory.credentials.reveal(user, cred.id)) == {
+        "token": "ghp_SECRETVALUE123"}
+    if isinstance(db, PostgresDatabase):
+        async with db.pool.acquire() as conn:
+            dump = str(await conn.fetch("SELECT * FROM credentials"))
+        assert "SECRETVALUE" not in dump
+    else:
+        path = db.url[len("sqlite:///"):]
+        await db.writer.execute("PRAGMA wal_checkpoint(FULL)")
+        raw = open(path, "rb").read() + open(path + "-wal", "rb").read()
+        assert b"SECRETVALUE" not in raw and b"github" in raw
