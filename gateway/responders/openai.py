@@ -1,0 +1,73 @@
+"""A responder backed by any OpenAI-compatible chat-completions endpoint.
+
+The model sees the user's synopsis, known facts, relevant memories, recent cross-channel
+context and the session buffer. Memory extraction stays with the rule reader, so what the
+user tells the assistant is kept whatever the model does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gateway.responders.base import Changes, Context, Response
+
+
+class ResponderError(Exception):
+    pass
+
+
+class OpenAIResponder:
+    name = "openai"
+
+    def __init__(self, *, base_url: str, model: str, api_key: str | None,
+                 timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.model = model
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=headers,
+                                         timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"OpenAIResponder(base_url={str(self._client.base_url)!r}, model={self.model!r})"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def respond(self, context: Context, changes: Changes) -> Response:
+        payload = {"model": self.model, "messages": messages_for(context, changes)}
+        try:
+            answer = await self._client.post("chat/completions", json=payload)
+        except httpx.HTTPError as exc:
+            raise ResponderError(f"model endpoint unreachable: {exc!r}") from exc
+        if answer.status_code != 200:
+            raise ResponderError(f"model endpoint answered {answer.status_code}: "
+                                 f"{answer.text[:200]}")
+        try:
+            text = answer.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ResponderError("model endpoint sent no message content") from exc
+        if not isinstance(text, str) or not text.strip():
+            raise ResponderError("model endpoint sent an empty message")
+        return Response(text.strip(), changes)
+
+
+def messages_for(context: Context, changes: Changes) -> list[dict[str, Any]]:
+    known = [f"- {f.key}: {f.value}" for f in context.facts if f.kind == "fact"]
+    known += [f"- {k}: {v} (just told)" for k, v in changes.facts.items()]
+    known += [f"- prefers {f.value}" for f in context.facts if f.kind == "preference"]
+    notes = [f"- {m.content}" for m in context.memories]
+    recent = [f"- [{w.channel}] {w.role}: {w.content}" for w in context.working[-8:]]
+    system = "\n".join(filter(None, [
+        "You are Threadline, a helpful assistant that remembers the user across channels "
+        f"(this message came from {context.channel}). Answer from what you know about the "
+        "user; when you do not know, say so plainly.",
+        f"Synopsis: {context.synopsis}" if context.synopsis else "",
+        "Known about the user:\n" + "\n".join(known) if known else "",
+        "Relevant notes:\n" + "\n".join(notes) if notes else "",
+        "Recent activity on other channels:\n" + "\n".join(recent) if recent else "",
+    ]))
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    messages += [{"role": m.role, "content": m.content} for m in context.buffer]
+    messages.append({"role": "user", "content": context.text})
+    return messages
