@@ -49,6 +49,9 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     formation_file: Path | None = None
     secrets_file: Path | None = None
+    # channels.<name>: that channel's settings, e.g. {"slack": {"bot_token": …}}; a
+    # channel runs when its section is present and not `enabled: false`.
+    channels: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
 
     @property
     def database(self) -> str:
@@ -103,7 +106,7 @@ class Settings(BaseModel):
 
 
 _ENV_FIELDS = {
-    name: f"THREADLINE_{name.upper()}" for name in Settings.model_fields
+    name: f"THREADLINE_{name.upper()}" for name in Settings.model_fields if name != "channels"
 }
 
 
@@ -166,6 +169,13 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
     for key in ("url", "ttl", "max_entries"):
         if key in cache:
             values[f"cache_{key}"] = cache[key]
+    channels = doc.get("channels") or {}
+    if not isinstance(channels, dict) or not all(
+        isinstance(v, dict) or v is None for v in channels.values()
+    ):
+        raise ConfigError(f"{source}: channels must map each channel name to its settings")
+    values["channels"] = {name: dict(conf or {}) for name, conf in channels.items()
+                          if (conf or {}).get("enabled", True) is not False}
     if "secret" in (doc.get("identity") or {}):
         values["identity_secret"] = doc["identity"]["secret"]
     return values
