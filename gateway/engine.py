@@ -7,10 +7,12 @@ import uuid
 
 import structlog
 
+from gateway.commands import is_command, run_command
 from gateway.messages import InboundMessage, Reply
 from gateway.responders.base import Changes, Context, Responder, Response
 from gateway.responders.rules import understand
 from identity import IdentityService
+from identity.linking import Linker
 from memory import Memory
 from memory.types import now
 
@@ -26,6 +28,7 @@ class Engine:
         self.memory = memory
         self.responder = responder
         self.formation = formation
+        self.linker = Linker(memory.users.db, identity)
 
     async def handle(self, message: InboundMessage) -> Reply | None:
         """Answer one message; None when it is a redelivery of one already answered."""
@@ -37,6 +40,12 @@ class Engine:
             return None
         user_id = await self.identity.resolve(formation, message.identifier)
         assert user_id is not None
+        if is_command(message.text):
+            # Not a conversation turn: link codes stay out of buffers and memory.
+            text = await run_command(message.text, formation=formation,
+                                     identifier=message.identifier, user_id=user_id,
+                                     identity=self.identity, linker=self.linker)
+            return Reply(text, user_id, "", f"req_{uuid.uuid4().hex[:16]}")
         return await self.converse(formation, user_id, message.channel, message.conversation,
                                    message.text)
 

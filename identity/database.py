@@ -248,7 +248,7 @@ class SqliteDatabase(Database):
             yield SqliteTransaction(conn)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return list(await self.reader.execute_fetchall(_numbered(sql), args))
+        return list(await self.reader.execute_fetchall(numbered(sql), args))
 
     async def fetchone(self, sql: str, *args: Any) -> aiosqlite.Row | None:
         rows = await self.reader.execute_fetchall(sql, args)
@@ -299,7 +299,8 @@ class SqliteDatabase(Database):
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
-def _numbered(sql: str) -> str:
+def numbered(sql: str) -> str:
+    """$1, $2 … placeholders as SQLite's ?1, ?2 …."""
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
@@ -310,13 +311,13 @@ class SqliteTransaction:
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(_numbered(sql), args)
+        await self._conn.execute(numbered(sql), args)
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        await self._conn.executemany(_numbered(sql), rows)
+        await self._conn.executemany(numbered(sql), rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return list(await self._conn.execute_fetchall(_numbered(sql), args))
+        return list(await self._conn.execute_fetchall(numbered(sql), args))
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         rows = await self.fetch(sql, *args)

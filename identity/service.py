@@ -119,6 +119,20 @@ class IdentityService:
                  identifier_type=ident.type)
         return owner
 
+    async def merge(self, formation: str, keep: str, absorb: str) -> list[str]:
+        """Fold user `absorb` into `keep`: its identifiers, memory, sessions, credentials and
+        tasks move over (where both have a fact, `keep`'s wins) and `absorb` is deleted."""
+        check_formation(formation)
+        check_user_id(keep)
+        check_user_id(absorb)
+        if keep == absorb:
+            raise InvalidIdentifierError("cannot merge a user into itself", field="user_id")
+        moved = await self.store.merge(formation, keep, absorb)
+        await self.cache.invalidate(formation, moved)
+        log.info("users merged", formation=formation, user_id=keep, merged=absorb,
+                 identifiers=len(moved))
+        return moved
+
     async def require_user(self, formation: str, user_id: str) -> str:
         check_formation(formation)
         check_user_id(user_id)

@@ -19,6 +19,17 @@ from identity.types import (
 
 PUBLIC_ID_PREFIX = "usr_"
 
+# Statements other components register so that merging two users carries their data along.
+# Each runs inside the merge transaction with $1 = the kept user's public id and
+# $2 = the merged-away user's, before that user is deleted.
+MERGE_STATEMENTS: list[str] = []
+
+
+def register_merge_statements(*statements: str) -> None:
+    for statement in statements:
+        if statement not in MERGE_STATEMENTS:
+            MERGE_STATEMENTS.append(statement)
+
 
 def new_public_id() -> str:
     # 16 random bytes -> 22 URL-safe characters.
@@ -50,6 +61,10 @@ class IdentityStore(Protocol):
         """Remove the link; returns the public id of the user it belonged to."""
 
     async def user_exists(self, formation: str, user_id: str) -> bool: ...
+
+    async def merge(self, formation: str, keep: str, absorb: str) -> list[str]:
+        """Move every identifier and all data of `absorb` to `keep`, then delete `absorb`;
+        returns the moved identifier keys. One transaction."""
 
     async def count_users(self, formation: str) -> int: ...
 

@@ -6,6 +6,7 @@ import asyncpg
 
 from identity.database import PostgresDatabase
 from identity.store import (
+    MERGE_STATEMENTS,
     Owner,
     RetryTransaction,
     masked,
@@ -142,6 +143,26 @@ class PostgresIdentityStore:
         if owner is None:
             raise IdentifierNotFoundError(ident)
         return owner
+
+    async def merge(self, formation: str, keep: str, absorb: str) -> list[str]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT public_id, id FROM users WHERE formation_id = $1"
+                " AND public_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
+                formation, [keep, absorb],
+            )
+            ids = {r["public_id"]: r["id"] for r in rows}
+            for user in (keep, absorb):
+                if user not in ids:
+                    raise UserNotFoundError(user)
+            moved = await conn.fetch(
+                "UPDATE user_identifiers SET user_id = $1 WHERE user_id = $2 RETURNING identifier",
+                ids[keep], ids[absorb],
+            )
+            for statement in MERGE_STATEMENTS:
+                await conn.execute(statement, keep, absorb)
+            await conn.execute("DELETE FROM users WHERE id = $1", ids[absorb])
+        return [r["identifier"] for r in moved]
 
     async def user_exists(self, formation: str, user_id: str) -> bool:
         async with self._pool.acquire() as conn:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from identity.database import SqliteDatabase
-from identity.store import Owner, masked, new_public_id, plan_association
+from identity.database import SqliteDatabase, numbered
+from identity.store import MERGE_STATEMENTS, Owner, masked, new_public_id, plan_association
 from identity.types import (
     AssociateResult,
     Identifier,
@@ -123,6 +123,25 @@ class SqliteIdentityStore:
         if not rows:
             raise IdentifierNotFoundError(ident)
         return rows[0][0]
+
+    async def merge(self, formation: str, keep: str, absorb: str) -> list[str]:
+        async with self._db.write() as conn:
+            rows = list(await conn.execute_fetchall(
+                "SELECT public_id, id FROM users WHERE formation_id = ? AND public_id IN (?, ?)",
+                (formation, keep, absorb),
+            ))
+            ids = {r[0]: r[1] for r in rows}
+            for user in (keep, absorb):
+                if user not in ids:
+                    raise UserNotFoundError(user)
+            moved = list(await conn.execute_fetchall(
+                "UPDATE user_identifiers SET user_id = ? WHERE user_id = ? RETURNING identifier",
+                (ids[keep], ids[absorb]),
+            ))
+            for statement in MERGE_STATEMENTS:
+                await conn.execute(numbered(statement), (keep, absorb))
+            await conn.execute("DELETE FROM users WHERE id = ?", (ids[absorb],))
+        return [r[0] for r in moved]
 
     async def user_exists(self, formation: str, user_id: str) -> bool:
         row = await self._db.fetchone(

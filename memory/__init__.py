@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from identity.database import Database, register_migrations
+from identity.store import register_merge_statements
 from memory.credentials import Credentials
 from memory.sessions import Sessions
 from memory.tasks import Tasks
@@ -13,6 +14,18 @@ from memory.types import NotFoundError
 from memory.user_memory import UserMemory
 
 register_migrations("memory", Path(__file__).with_name("migrations"))
+# Merging users carries memory along; the kept user's facts win over the merged one's.
+register_merge_statements(
+    "DELETE FROM facts WHERE user_id = $2 AND EXISTS (SELECT 1 FROM facts AS k"
+    " WHERE k.user_id = $1 AND k.kind = facts.kind AND k.key = facts.key)",
+    "UPDATE facts SET user_id = $1 WHERE user_id = $2",
+    "UPDATE memories SET user_id = $1 WHERE user_id = $2",
+    "UPDATE working_memory SET user_id = $1 WHERE user_id = $2",
+    "UPDATE credentials SET user_id = $1 WHERE user_id = $2",
+    "UPDATE scheduled_tasks SET user_id = $1 WHERE user_id = $2",
+    "UPDATE sessions SET user_id = $1 WHERE user_id = $2",
+    "DELETE FROM user_profiles WHERE user_id = $2 AND user_id <> $1",
+)
 
 
 @dataclass

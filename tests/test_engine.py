@@ -142,3 +142,62 @@ async def test_credentials_are_not_stored_in_plain_text(engine, db):
         await db.writer.execute("PRAGMA wal_checkpoint(FULL)")
         raw = open(path, "rb").read() + open(path + "-wal", "rb").read()
         assert b"SECRETVALUE" not in raw and b"github" in raw
+
+
+async def test_merging_users_carries_memory_and_identifiers(engine, identity, formation):
+    web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
+    alice = (await web.push("alice@x.co", "my budget is $5,000")).user_id
+    await web.push("alice@x.co", "my color is teal")
+    other = (await slack.push(("U1", "slack"), "my color is red")).user_id
+    await slack.push(("U1", "slack"), "remember that the demo is on Friday")
+    moved = await identity.merge(formation, alice, other)
+    assert moved == ["U1"]
+    asked = await slack.push(("U1", "slack"), "what's my budget?")
+    assert asked.user_id == alice and "$5,000" in asked.text
+    assert "teal" in (await slack.push(("U1", "slack"), "what's my color?")).text
+    about = (await web.push("alice@x.co", "what do you know about me?")).text
+    assert "demo is on Friday" in about
+    assert await identity.store.count_users(formation) == 1
+    assert len(await engine.memory.sessions.list(alice)) == 2
+
+
+async def test_link_codes_join_a_second_channel_to_the_same_user(engine):
+    slack, telegram = InMemoryChannel(engine, "slack"), InMemoryChannel(engine, "telegram")
+    alice = (await slack.push(("U1", "slack"), "my budget is $5,000")).user_id
+    await telegram.push(("789", "telegram"), "my color is blue")  # a first-contact user
+    offer = (await slack.push(("U1", "slack"), "/link")).text
+    code = offer.split("send /link ")[1].split()[0]
+    assert len(code) >= 8
+    assert (await telegram.push(("789", "telegram"), f"/link {code}")).text.startswith("Linked")
+    asked = await telegram.push("tg_789", "what's my budget?")
+    assert asked.user_id == alice and "$5,000" in asked.text
+    assert "blue" in (await slack.push(("U1", "slack"), "what's my color?")).text
+    whoami = (await telegram.push("tg_789", "/whoami")).text
+    assert "slack: U***" in whoami and "telegram: tg_…89" in whoami
+    # Single use: the same code does nothing the second time.
+    assert "not valid" in (await InMemoryChannel(engine, "discord").push(
+        ("42", "discord"), f"/link {code}")).text
+    # Codes never reach the session buffer.
+    sessions = await engine.memory.sessions.list(alice)
+    for session in sessions:
+        assert all(code not in m.content for m in await engine.memory.sessions.buffer(session.id))
+
+
+async def test_a_code_for_an_identifier_of_another_linked_user_changes_nothing(engine, identity,
+                                                                              formation):
+    slack, web = InMemoryChannel(engine, "slack"), InMemoryChannel(engine, "web")
+    alice = (await slack.push(("U1", "slack"), "hi")).user_id
+    bob = await identity.resolve(formation, "bob@x.co")
+    await identity.associate(formation, ["bob-web"], user_id=bob)
+    code = (await slack.push(("U1", "slack"), "/link")).text.split("send /link ")[1].split()[0]
+    answer = (await web.push("bob-web", f"/link {code}")).text
+    assert "nothing was changed" in answer
+    assert await identity.resolve(formation, "bob-web") == bob
+    assert [i.identifier for i in await identity.identifiers_of(formation, alice)] == ["U1"]
+
+
+async def test_guessing_link_codes_is_rate_limited(engine):
+    web = InMemoryChannel(engine, "web")
+    for _ in range(5):
+        assert "not valid" in (await web.push("eve@x.co", "/link WRONGCODE1")).text
+    assert "Too many" in (await web.push("eve@x.co", "/link WRONGCODE1")).text

@@ -1,0 +1,56 @@
+"""Commands every channel understands before the assistant sees the message:
+/link, /link CODE and /whoami."""
+
+from __future__ import annotations
+
+import re
+
+from identity import IdentityService, LinkedIdentifier
+from identity.linking import CODE_TTL, Linker
+
+_LINK = re.compile(r"^\s*(?:/link|link my account|link account)\s*[.!]?\s*$", re.I)
+_REDEEM = re.compile(r"^\s*/link\s+([A-Za-z0-9-]{4,40})\s*$", re.I)
+_WHOAMI = re.compile(r"^\s*(?:/whoami|who am i linked as\??)\s*$", re.I)
+
+
+def is_command(text: str) -> bool:
+    return bool(_LINK.match(text) or _REDEEM.match(text) or _WHOAMI.match(text))
+
+
+def mask(item: LinkedIdentifier) -> str:
+    """Enough to recognise one's own identifier, not enough to harvest it."""
+    value = item.identifier
+    if item.type == "api_key":
+        return value
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if len(value) <= 4:
+        return value[:1] + "***"
+    return f"{value[:3]}…{value[-2:]}"
+
+
+async def run_command(text: str, *, formation: str, identifier: object, user_id: str,
+                      identity: IdentityService, linker: Linker) -> str:
+    if _WHOAMI.match(text):
+        items = await identity.identifiers_of(formation, user_id)
+        lines = [f"• {item.type or 'other'}: {mask(item)}" for item in items]
+        return "You are linked on:\n" + "\n".join(lines)
+    if match := _REDEEM.match(text):
+        ident = identity.parse(identifier)
+        outcome = await linker.redeem(formation, ident, user_id, match.group(1))
+        if outcome.status == "linked":
+            return ("Linked! This account now shares memory with your other channels. "
+                    "Say /whoami to see them all.")
+        if outcome.status == "already":
+            return "This account is already linked to that user; nothing to do."
+        if outcome.status == "limited":
+            return "Too many wrong codes. Wait a few minutes, then ask for a new code with /link."
+        if outcome.status == "conflict":
+            return (f"This account already belongs to a user with {outcome.others} other linked "
+                    "channel(s), so I can't move it; nothing was changed. Unlink it there "
+                    "first, or send /link from this account and redeem the code on the other.")
+        return "That code is not valid or has expired. Send /link on your other channel for a new one."
+    code = await linker.issue(formation, user_id)
+    return (f"Your link code is {code[:5]}-{code[5:]}. Within {int(CODE_TTL // 60)} minutes, send "
+            f"/link {code} from the other channel you want to connect. It works once.")
