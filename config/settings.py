@@ -47,8 +47,15 @@ class Settings(BaseModel):
     llm_timeout: float = Field(30.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin_key: SecretStr | None = None
+    client_key: SecretStr | None = None
+    webchat_secret: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
     formation_file: Path | None = None
     secrets_file: Path | None = None
+    # More formations served by this process: [{"id", "admin_key", "client_key"}].
+    formations: list[dict[str, Any]] = Field(default_factory=list, repr=False)
     # channels.<name>: that channel's settings, e.g. {"slack": {"bot_token": …}}; a
     # channel runs when its section is present and not `enabled: false`.
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
@@ -106,7 +113,8 @@ class Settings(BaseModel):
 
 
 _ENV_FIELDS = {
-    name: f"THREADLINE_{name.upper()}" for name in Settings.model_fields if name != "channels"
+    name: f"THREADLINE_{name.upper()}" for name in Settings.model_fields
+    if name not in ("channels", "formations")
 }
 
 
@@ -176,6 +184,16 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
         raise ConfigError(f"{source}: channels must map each channel name to its settings")
     values["channels"] = {name: dict(conf or {}) for name, conf in channels.items()
                           if (conf or {}).get("enabled", True) is not False}
+    server = doc.get("server") or {}
+    for key in ("admin_key", "client_key", "webchat_secret", "host", "port"):
+        if key in server:
+            values[key] = server[key]
+    formations = doc.get("formations") or []
+    if not isinstance(formations, list) or not all(
+        isinstance(f, dict) and {"id", "admin_key", "client_key"} <= set(f) for f in formations
+    ):
+        raise ConfigError(f"{source}: formations is a list of {{id, admin_key, client_key}}")
+    values["formations"] = formations
     if "secret" in (doc.get("identity") or {}):
         values["identity_secret"] = doc["identity"]["secret"]
     return values

@@ -40,14 +40,21 @@ class Engine:
             return None
         user_id = await self.identity.resolve(formation, message.identifier)
         assert user_id is not None
-        if is_command(message.text):
+        return await self.converse_or_command(formation, user_id, message.channel,
+                                              message.conversation, message.text,
+                                              identifier=message.identifier)
+
+    async def converse_or_command(self, formation: str, user_id: str, channel: str,
+                                  conversation: str, text: str, *,
+                                  identifier: object = None) -> Reply:
+        """A /link, /link CODE or /whoami command, or else one conversation turn."""
+        if is_command(text):
             # Not a conversation turn: link codes stay out of buffers and memory.
-            text = await run_command(message.text, formation=formation,
-                                     identifier=message.identifier, user_id=user_id,
-                                     identity=self.identity, linker=self.linker)
-            return Reply(text, user_id, "", f"req_{uuid.uuid4().hex[:16]}")
-        return await self.converse(formation, user_id, message.channel, message.conversation,
-                                   message.text)
+            answer = await run_command(text, formation=formation,
+                                       identifier=identifier or user_id, user_id=user_id,
+                                       identity=self.identity, linker=self.linker)
+            return Reply(answer, user_id, "", f"req_{uuid.uuid4().hex[:16]}")
+        return await self.converse(formation, user_id, channel, conversation, text)
 
     async def converse(self, formation: str, user_id: str, channel: str, conversation: str,
                        text: str) -> Reply:

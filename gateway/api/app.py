@@ -1,0 +1,50 @@
+"""The ASGI app: the formation API at /v1 and /api/{formation_id}/v1, channel webhooks,
+the web chat page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from gateway import __version__
+from gateway.api import routes_chat, routes_identity, routes_memory, routes_scheduler
+from gateway.api.envelope import install_error_handlers
+from gateway.formations import Formation
+from gateway.runtime import Runtime
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong API key"},
+    403: {"description": "The client key may not do this"},
+    404: {"description": "Not found"},
+    409: {"description": "Conflict, e.g. IDENTIFIER_CONFLICT"},
+    422: {"description": "Invalid parameters (INVALID_PARAMS)"},
+}
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(responses=ERRORS)
+    for module in (routes_identity, routes_chat, routes_memory, routes_scheduler):
+        router.include_router(module.router)
+    return router
+
+
+def create_app(runtime: Runtime, formations: dict[str, Formation], *,
+               extra_routes: list[Any] | None = None, lifespan: Any = None) -> FastAPI:
+    app = FastAPI(
+        title="Threadline formation API",
+        version=__version__,
+        description="One user behind every identifier; compatible with the MUXI formation "
+                    "API and SDK.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.formations = formations
+    app.state.default_formation = runtime.settings.formation_id
+    install_error_handlers(app)
+    router = api_router()
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/api/{formation_id}/v1", include_in_schema=False)
+    for route in extra_routes or []:
+        app.router.routes.append(route)
+    return app

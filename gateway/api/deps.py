@@ -1,0 +1,73 @@
+"""Who is calling: the formation (from the path), the key, and the user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from gateway.api.envelope import ApiError
+from gateway.formations import Formation
+from gateway.runtime import Runtime
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def formation(request: Request) -> Formation:
+    formations: dict[str, Formation] = request.app.state.formations
+    fid = request.path_params.get("formation_id") or request.app.state.default_formation
+    found = formations.get(fid)
+    if found is None:
+        raise ApiError(404, "FORMATION_NOT_FOUND", f"no formation {fid!r} on this server")
+    return found
+
+
+AdminKey = Annotated[str | None, Header(alias="X-Muxi-Admin-Key", include_in_schema=False)]
+ClientKey = Annotated[str | None, Header(alias="X-Muxi-Client-Key", include_in_schema=False)]
+
+
+def client_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
+                  client_key: ClientKey = None) -> Formation:
+    """The client key, or the admin key (which may do everything)."""
+    if f.is_admin(admin_key) or f.is_client(client_key):
+        return f
+    if admin_key is None and client_key is None:
+        raise ApiError(401, "UNAUTHORIZED", "send X-Muxi-Client-Key or X-Muxi-Admin-Key")
+    raise ApiError(401, "UNAUTHORIZED", "the API key is not valid for this formation")
+
+
+def admin_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
+                 client_key: ClientKey = None) -> Formation:
+    if f.is_admin(admin_key):
+        return f
+    if admin_key is None and f.is_client(client_key):
+        raise ApiError(403, "FORBIDDEN", "this call needs the admin key (X-Muxi-Admin-Key)")
+    if admin_key is None and client_key is None:
+        raise ApiError(401, "UNAUTHORIZED", "send X-Muxi-Admin-Key")
+    raise ApiError(401, "UNAUTHORIZED", "the API key is not valid for this formation")
+
+
+async def user_of(request: Request, f: Formation, rt: Runtime, *, create: bool,
+                  given: str | None = None) -> str | None:
+    """The user behind X-Muxi-User-ID (or a user_id parameter): a usr_… id of this
+    formation, or any identifier, resolved (and created on first contact when `create`)."""
+    raw = given or request.headers.get("X-Muxi-User-ID") or request.query_params.get("user_id")
+    if not raw or not raw.strip():
+        raise ApiError(422, "INVALID_PARAMS", "X-Muxi-User-ID: a user identifier is required",
+                       {"errors": [{"field": "X-Muxi-User-ID", "msg": "required",
+                                    "type": "missing"}]})
+    raw = raw.strip()
+    if raw.startswith("usr_"):
+        if await rt.identity.store.user_exists(f.id, raw):
+            return raw
+    return await rt.identity.resolve(f.id, raw, create=create)
+
+
+async def require_user(request: Request, f: Formation, rt: Runtime,
+                       given: str | None = None) -> str:
+    user = await user_of(request, f, rt, create=False, given=given)
+    if user is None:
+        raise ApiError(404, "USER_NOT_FOUND", "no user has that identifier in this formation")
+    return user

@@ -1,0 +1,119 @@
+"""The response envelope the MUXI SDK unwraps, and errors in the shape it maps to exceptions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import structlog
+
+from identity import (
+    IdentifierConflictError,
+    IdentifierNotFoundError,
+    IdentityError,
+    InvalidIdentifierError,
+    UserNotFoundError,
+)
+from memory.types import InvalidScheduleError, NotFoundError
+
+log = structlog.get_logger("threadline.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = f"req_{uuid.uuid4().hex[:20]}"
+    return rid
+
+
+def ok(request: Request, data: Any, *, obj: str, type_: str, status: int = 200) -> JSONResponse:
+    return JSONResponse(
+        {"object": obj, "type": type_, "timestamp": int(time.time() * 1000),
+         "request": {"id": request_id(request)}, "success": True, "data": data},
+        status_code=status,
+    )
+
+
+def error_response(request: Request, status: int, code: str, message: str,
+                   details: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"object": "error", "type": code.lower(), "timestamp": int(time.time() * 1000),
+         "request": {"id": request_id(request)}, "success": False,
+         "code": code, "message": message, "error": {"code": code, "message": message},
+         "details": details or {}},
+        status_code=status, headers=headers,
+    )
+
+
+def _identity_status(exc: IdentityError) -> tuple[int, str, dict[str, Any]]:
+    if isinstance(exc, IdentifierConflictError):
+        return 409, "IDENTIFIER_CONFLICT", {"identifier": exc.identifier.display,
+                                            "owner_id": exc.owner_id}
+    if isinstance(exc, UserNotFoundError):
+        return 404, "USER_NOT_FOUND", {"user_id": exc.user_id}
+    if isinstance(exc, IdentifierNotFoundError):
+        return 404, "IDENTIFIER_NOT_FOUND", {"identifier": exc.identifier.display}
+    if isinstance(exc, InvalidIdentifierError):
+        return 422, "INVALID_PARAMS", {"errors": [{"field": exc.field, "msg": str(exc),
+                                                   "type": "value_error"}]}
+    return 422, "INVALID_PARAMS", {}
+
+
+def install_error_handlers(app: Any) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(IdentityError)
+    async def identity_error(request: Request, exc: IdentityError) -> JSONResponse:
+        status, code, details = _identity_status(exc)
+        return error_response(request, status, code, str(exc), details)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return error_response(request, 404, "NOT_FOUND", str(exc))
+
+    @app.exception_handler(InvalidScheduleError)
+    async def bad_schedule(request: Request, exc: InvalidScheduleError) -> JSONResponse:
+        return error_response(request, 422, "INVALID_PARAMS", str(exc), {
+            "errors": [{"field": "schedule", "msg": str(exc), "type": "value_error"}]})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+             "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "body", "msg": "invalid request"}
+        return error_response(request, 422, "INVALID_PARAMS",
+                              f"{first['field']}: {first['msg']}", {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        return error_response(request, exc.status_code, code, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed", path=request.url.path, request_id=request_id(request))
+        return error_response(request, 500, "INTERNAL_ERROR",
+                              "the server failed to handle this request; it has been logged")

@@ -1,0 +1,71 @@
+"""/chat: one turn with the assistant, as JSON or as a server-sent event stream."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import client_access, runtime, user_of
+from gateway.api.envelope import ok
+from gateway.formations import Formation
+from gateway.messages import Reply
+from gateway.runtime import Runtime
+from memory.types import NotFoundError
+
+router = APIRouter()
+_TOKENS = re.compile(r"\S+\s*|\s+")
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    message: str = Field(min_length=1, max_length=20_000)
+    session_id: str | None = Field(None, max_length=200)
+    stream: bool = False
+
+
+async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> Reply:
+    user = await user_of(request, f, rt, create=True)
+    assert user is not None
+    # Without a session id, each identifier has its own API conversation: a client that
+    # speaks as U98765ABC is another conversation than one speaking as user_123.
+    caller = request.headers.get("X-Muxi-User-ID") or user
+    conversation = f"api:{caller.strip()}"
+    if body.session_id:
+        # Continue that session's conversation (a new session if it went idle).
+        try:
+            conversation = (await rt.memory.sessions.get(user, body.session_id)).conversation
+        except NotFoundError:
+            conversation = f"api:{body.session_id}"
+    return await rt.engine.converse_or_command(
+        f.id, user, "api", conversation, body.message,
+        identifier=request.headers.get("X-Muxi-User-ID"),
+    )
+
+
+@router.post("/chat", tags=["chat"])
+async def chat(request: Request, body: ChatBody,
+               rt: Annotated[Runtime, Depends(runtime)],
+               f: Annotated[Formation, Depends(client_access)]) -> Response:
+    reply = await _turn(request, body, rt, f)
+    data = {"message": {"role": "assistant", "content": reply.text},
+            "session_id": reply.session_id, "request_id": reply.request_id,
+            "user_id": reply.user_id}
+    if not body.stream:
+        return ok(request, data, obj="chat", type_="chat.response")
+    return StreamingResponse(_sse(reply), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def _sse(reply: Reply) -> AsyncIterator[str]:
+    for token in _TOKENS.findall(reply.text):
+        yield f"data: {json.dumps({'token': token})}\n\n"
+    done = {"finished": True, "session_id": reply.session_id, "request_id": reply.request_id,
+            "user_id": reply.user_id}
+    yield f"event: done\ndata: {json.dumps(done)}\n\n"
+

@@ -1,0 +1,101 @@
+"""/health, /users/resolve and /users/identifiers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import admin_access, client_access, formation, runtime
+from gateway.api.envelope import ApiError, ok
+from gateway.formations import Formation
+from gateway.runtime import Runtime
+from identity import IdentityService
+
+router = APIRouter()
+Rt = Annotated[Runtime, Depends(runtime)]
+
+IdentifierForm = str | list[Any] | dict[str, Any]
+
+
+class ResolveBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    identifier: IdentifierForm
+    create_user: bool = True
+
+
+class LinkBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    muxi_user_id: str | None = None
+    identifiers: list[IdentifierForm] = Field(min_length=1, max_length=100)
+
+
+def _typed(ident: Any) -> dict[str, Any]:
+    return {"identifier": ident.display, "type": ident.type}
+
+
+@router.get("/health", tags=["health"])
+async def health(request: Request, f: Annotated[Formation, Depends(formation)]) -> JSONResponse:
+    from gateway import __version__
+
+    return ok(request, {"status": "healthy", "formation_id": f.id, "version": __version__},
+              obj="health", type_="health")
+
+
+@router.post("/users/resolve", tags=["users"])
+async def resolve(request: Request, body: ResolveBody, rt: Rt,
+                  f: Annotated[Formation, Depends(client_access)]) -> JSONResponse:
+    ident = rt.identity.parse(body.identifier)
+    user = await rt.identity.resolve(f.id, ident, create=body.create_user)
+    if user is None:
+        raise ApiError(404, "USER_NOT_FOUND", f"no user has identifier {ident.display}")
+    return ok(request, {"identifier": ident.display, "type": ident.type, "muxi_user_id": user,
+                        "formation_id": f.id}, obj="user", type_="user.resolved")
+
+
+@router.post("/users/identifiers", tags=["users"], status_code=201)
+async def link(request: Request, body: LinkBody, rt: Rt,
+               f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
+    result = await rt.identity.associate(f.id, body.identifiers, body.muxi_user_id)
+    data = {
+        "muxi_user_id": result.user_id,
+        "created_user": result.created_user,
+        "identifiers": [_typed(i) for i in result.linked + result.existing],
+        "linked": [_typed(i) for i in result.linked],
+        "existing": [_typed(i) for i in result.existing],
+        "count": len(result.linked) + len(result.existing),
+    }
+    return ok(request, data, obj="user_identifiers", type_="user.identifiers.linked",
+              status=201 if result.linked else 200)
+
+
+@router.get("/users/identifiers/{user_id}", tags=["users"])
+async def identifiers(request: Request, user_id: str, rt: Rt,
+                      f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
+    items = await rt.identity.identifiers_of(f.id, user_id)
+    return ok(request, {
+        "muxi_user_id": user_id,
+        "identifiers": [{"identifier": i.identifier, "type": i.type,
+                         "created_at": i.created_at.isoformat()} for i in items],
+        "count": len(items),
+    }, obj="user_identifiers", type_="user.identifiers")
+
+
+@router.delete("/users/identifiers/{identifier:path}", tags=["users"])
+async def unlink(request: Request, identifier: str, rt: Rt,
+                 f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
+    owner = await rt.identity.unlink(f.id, _path_identifier(rt.identity, identifier))
+    return ok(request, {"message": "identifier unlinked", "muxi_user_id": owner},
+              obj="user_identifiers", type_="user.identifiers.unlinked")
+
+
+def _path_identifier(identity: IdentityService, text: str) -> Any:
+    """The SDK sends identifiers in the path as they are; `value` or `type:value` for
+    typed ones the caller spelled out (`slack:U123`)."""
+    kind, sep, value = text.partition(":")
+    if sep and value and kind in ("slack", "telegram", "discord", "github", "api_key",
+                                  "internal", "email"):
+        return (value, kind)
+    return text

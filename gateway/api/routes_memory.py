@@ -1,0 +1,166 @@
+"""/memories, /memory/buffer, /sessions and /credentials: a user's memory and sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import client_access, require_user, runtime
+from gateway.api.envelope import ok
+from gateway.formations import Formation
+from gateway.runtime import Runtime
+from memory.types import Session
+
+router = APIRouter()
+Rt = Annotated[Runtime, Depends(runtime)]
+Client = Annotated[Formation, Depends(client_access)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+class MemoryBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field("note", max_length=50)
+    detail: str = Field(min_length=1, max_length=10_000)
+    user_id: str | None = None
+
+
+class CredentialBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    service: str = Field(min_length=1, max_length=100)
+    name: str | None = Field(None, max_length=200)
+    credential: dict[str, Any] = Field(min_length=1)
+
+
+def _session(s: Session, idle_timeout: float) -> dict[str, Any]:
+    return {"session_id": s.id, "user_id": s.user_id, "channel": s.channel,
+            "started_at": s.started_at, "last_activity": s.last_activity,
+            "active": s.active(idle_timeout)}
+
+
+@router.get("/memories", tags=["memory"])
+async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    memories = await rt.memory.users.memories(user, limit=limit)
+    facts = await rt.memory.users.facts(user)
+    return ok(request, {
+        "user_id": user,
+        "memories": [{"id": m.id, "content": m.content, "created_at": m.created_at,
+                      "metadata": m.metadata} for m in memories],
+        "facts": [{"kind": x.kind, "key": x.key, "value": x.value,
+                   "updated_at": x.updated_at} for x in facts],
+        "count": len(memories),
+    }, obj="memories", type_="memory.list")
+
+
+@router.post("/memories", tags=["memory"], status_code=201)
+async def add_memory(request: Request, body: MemoryBody, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt, given=body.user_id)
+    memory = await rt.memory.users.add_memory(user, body.detail, {"type": body.type,
+                                                                  "source": "api"})
+    await rt.memory.users.refresh_synopsis(user)
+    return ok(request, {"id": memory.id, "content": memory.content,
+                        "created_at": memory.created_at, "metadata": memory.metadata},
+              obj="memory", type_="memory.created", status=201)
+
+
+@router.delete("/memories/{memory_id}", tags=["memory"])
+async def delete_memory(request: Request, memory_id: str, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    await rt.memory.users.delete_memory(user, memory_id)
+    await rt.memory.users.refresh_synopsis(user)
+    return ok(request, {"id": memory_id, "deleted": True}, obj="memory", type_="memory.deleted")
+
+
+@router.get("/memory/buffer", tags=["memory"])
+async def buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    sessions = await rt.memory.sessions.list(user, limit=20)
+    out, total = [], 0
+    for s in sessions:
+        messages = await rt.memory.sessions.buffer(s.id)
+        total += len(messages)
+        out.append({"session_id": s.id, "channel": s.channel, "messages": [
+            {"role": m.role, "content": m.content, "created_at": m.created_at}
+            for m in messages]})
+    return ok(request, {"user_id": user, "total_messages": total, "sessions": out},
+              obj="buffer", type_="memory.buffer")
+
+
+@router.delete("/memory/buffer", tags=["memory"])
+async def clear_buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    cleared = await rt.memory.sessions.clear_buffers(user)
+    return ok(request, {"user_id": user, "cleared_messages": cleared},
+              obj="buffer", type_="memory.buffer.cleared")
+
+
+@router.get("/sessions", tags=["sessions"])
+async def sessions(request: Request, rt: Rt, f: Client, limit: Limit = 20) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    items = await rt.memory.sessions.list(user, limit=limit)
+    idle = rt.memory.sessions.idle_timeout
+    return ok(request, {"sessions": [_session(s, idle) for s in items], "count": len(items)},
+              obj="sessions", type_="session.list")
+
+
+@router.get("/sessions/{session_id}", tags=["sessions"])
+async def session(request: Request, session_id: str, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    s = await rt.memory.sessions.get(user, session_id)
+    return ok(request, _session(s, rt.memory.sessions.idle_timeout), obj="session",
+              type_="session")
+
+
+@router.get("/sessions/{session_id}/messages", tags=["sessions"])
+async def session_messages(request: Request, session_id: str, rt: Rt, f: Client,
+                           limit: Limit = 50) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    await rt.memory.sessions.get(user, session_id)  # 404 unless it is this user's
+    messages, more = await rt.memory.sessions.messages(session_id, limit)
+    return ok(request, {
+        "session_id": session_id,
+        "messages": [{"id": m.id, "role": m.role, "content": m.content,
+                      "created_at": m.created_at} for m in messages],
+        "count": len(messages), "has_more": more,
+    }, obj="session_messages", type_="session.messages")
+
+
+def _credential(c: Any) -> dict[str, Any]:
+    return {"credential_id": c.id, "id": c.id, "service": c.service, "name": c.name,
+            "credential_preview": c.preview, "created_at": c.created_at}
+
+
+@router.get("/credentials", tags=["credentials"])
+async def credentials(request: Request, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    items = await rt.memory.credentials.list(user)
+    return ok(request, {"credentials": [_credential(c) for c in items], "count": len(items)},
+              obj="credentials", type_="credential.list")
+
+
+@router.post("/credentials", tags=["credentials"], status_code=201)
+async def add_credential(request: Request, body: CredentialBody, rt: Rt,
+                         f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    created = await rt.memory.credentials.add(user, body.service, body.credential, body.name)
+    return ok(request, _credential(created), obj="credential", type_="credential.created",
+              status=201)
+
+
+@router.get("/credentials/{credential_id}", tags=["credentials"])
+async def credential(request: Request, credential_id: str, rt: Rt, f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    return ok(request, _credential(await rt.memory.credentials.get(user, credential_id)),
+              obj="credential", type_="credential")
+
+
+@router.delete("/credentials/{credential_id}", tags=["credentials"])
+async def delete_credential(request: Request, credential_id: str, rt: Rt,
+                            f: Client) -> JSONResponse:
+    user = await require_user(request, f, rt)
+    await rt.memory.credentials.delete(user, credential_id)
+    return ok(request, {"credential_id": credential_id, "deleted": True}, obj="credential",
+              type_="credential.deleted")

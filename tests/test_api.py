@@ -1,0 +1,198 @@
+"""The HTTP API through a real server socket, with raw HTTP and the official MUXI SDK."""
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+import uvicorn
+
+from config.settings import Settings
+from gateway.api.app import create_app
+from gateway.formations import Formation
+from gateway.runtime import Runtime
+
+ADMIN, CLIENT = "admin-key-0123456789abcdef", "client-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def server(database_url, tmp_path, formation):
+    settings = Settings(database_url=database_url, data_dir=tmp_path, formation_id=formation,
+                        identity_secret="test-identity-secret-0123456789",
+                        credentials_key="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
+    runtime = await Runtime.open(settings)
+    formations = {formation: Formation(formation, ADMIN, CLIENT),
+                  "other": Formation("other", "other-admin-0123456789ab", "other-client-0123456789a")}
+    app = create_app(runtime, formations)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", runtime
+    srv.should_exit = True
+    await task
+    await runtime.close()
+
+
+def headers(user=None, key=CLIENT, admin=False):
+    h = {"X-Muxi-Admin-Key" if admin else "X-Muxi-Client-Key": ADMIN if admin else key}
+    if user:
+        h["X-Muxi-User-ID"] = user
+    return h
+
+
+async def test_the_spec_story_over_http(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        told = (await http.post("/chat", json={"message": "My budget is $5,000"},
+                                headers=headers("user_123"))).json()
+        assert told["success"] and "$5,000" in told["data"]["message"]["content"]
+        user = told["data"]["user_id"]
+        linked = await http.post("/users/identifiers", headers=headers(admin=True), json={
+            "muxi_user_id": user,
+            "identifiers": ["user_123", {"identifier": "U98765ABC", "type": "slack"}]})
+        assert linked.status_code == 201, linked.text
+        asked = (await http.post("/chat", json={"message": "What's my budget?"},
+                                 headers=headers("U98765ABC"))).json()["data"]
+        assert "$5,000" in asked["message"]["content"] and asked["user_id"] == user
+        listed = (await http.get(f"/users/identifiers/{user}", headers=headers(admin=True))
+                  ).json()["data"]
+        assert [i["identifier"] for i in listed["identifiers"]] == ["user_123", "U98765ABC"]
+
+
+async def test_errors_carry_code_message_and_status(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        r = await http.post("/chat", json={"message": "hi"})
+        assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+        r = await http.post("/users/identifiers", headers=headers(),
+                            json={"identifiers": ["a@b.co"]})
+        assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
+        r = await http.post("/chat", json={"nope": 1}, headers=headers("a@b.co"))
+        assert r.status_code == 422 and r.json()["code"] == "INVALID_PARAMS"
+        assert "message" in r.json()["message"]
+        r = await http.post("/chat", content=b"{not json", headers={
+            **headers("a@b.co"), "Content-Type": "application/json"})
+        assert r.status_code == 422
+        r = await http.post("/users/identifiers", headers=headers(admin=True),
+                            json={"identifiers": ["null"]})
+        assert r.status_code == 422 and "identifiers[0]" in r.json()["message"]
+        a = (await http.post("/users/resolve", headers=headers(),
+                             json={"identifier": "alice@x.co"})).json()["data"]["muxi_user_id"]
+        b = (await http.post("/users/resolve", headers=headers(),
+                             json={"identifier": "bob@x.co"})).json()["data"]["muxi_user_id"]
+        r = await http.post("/users/identifiers", headers=headers(admin=True),
+                            json={"muxi_user_id": b, "identifiers": ["alice@x.co", "new@x.co"]})
+        assert r.status_code == 409 and r.json()["code"] == "IDENTIFIER_CONFLICT"
+        assert a in r.json()["message"]
+        r = await http.post("/users/resolve", headers=headers(),
+                            json={"identifier": "new@x.co", "create_user": False})
+        assert r.status_code == 404
+        r = await http.delete("/users/identifiers/ghost@x.co", headers=headers(admin=True))
+        assert r.status_code == 404
+
+
+async def test_formations_are_addressed_by_path_with_their_own_keys(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/api/other/v1/users/resolve", headers=headers(),
+                            json={"identifier": "alice@x.co"})
+        assert r.status_code == 401  # the default formation's key is not other's
+        other = {"X-Muxi-Client-Key": "other-client-0123456789a"}
+        there = (await http.post("/api/other/v1/users/resolve", headers=other,
+                                 json={"identifier": "alice@x.co"})).json()["data"]
+        here = (await http.post("/v1/users/resolve", headers=headers(),
+                                json={"identifier": "alice@x.co"})).json()["data"]
+        assert there["muxi_user_id"] != here["muxi_user_id"]
+        r = await http.get(f"/api/other/v1/users/identifiers/{here['muxi_user_id']}",
+                           headers={"X-Muxi-Admin-Key": "other-admin-0123456789ab"})
+        assert r.status_code == 404
+        assert (await http.get("/api/nowhere/v1/health")).status_code == 404
+
+
+async def test_streaming_chat_sends_tokens_then_done(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        async with http.stream("POST", "/chat", json={"message": "my budget is $5", "stream": True},
+                               headers=headers("s@x.co")) as r:
+            body = "".join([chunk async for chunk in r.aiter_text()])
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert body.count("data: {\"token\"") >= 3 and "event: done" in body
+
+
+async def test_the_official_muxi_sdk_works_against_the_server(server, monkeypatch):
+    from muxi import AsyncFormationClient, FormationClient
+    from muxi.errors import ConflictError, NotFoundError, ValidationError
+
+    monkeypatch.setenv("MUXI_SDK_VERSION_NOTIFICATION", "0")
+    url, runtime = server
+    formation = runtime.settings.formation_id
+    client = AsyncFormationClient(server_url=url, formation_id=formation, admin_key=ADMIN,
+                                  client_key=CLIENT)
+    assert (await client.health())["status"] == "healthy"
+    told = await client.chat({"message": "My budget is $5,000"}, user_id="user_123")
+    user = told["user_id"]
+    linked = await client.link_user_identifier(user, ["user_123", ["U98765ABC", "slack"]])
+    assert linked["muxi_user_id"] == user
+    asked = await client.chat({"message": "What's my budget?"}, user_id="U98765ABC")
+    assert "$5,000" in asked["message"]["content"]
+    ids = await client.get_user_identifiers_for_user(user)
+    assert {i["identifier"] for i in ids["identifiers"]} == {"user_123", "U98765ABC"}
+    resolved = await client.resolve_user("U98765ABC")
+    assert resolved["muxi_user_id"] == user
+    with pytest.raises(ConflictError):
+        other = (await client.resolve_user("bob@x.co", create_user=True))["muxi_user_id"]
+        await client.link_user_identifier(other, ["user_123"])
+    with pytest.raises(ValidationError):
+        await client.link_user_identifier(user, ["undefined"])
+
+    memory = await client.add_memory("user_123", "note", "prefers aisle seats")
+    memories = await client.get_memories("U98765ABC")
+    assert any(m["content"] == "prefers aisle seats" for m in memories["memories"])
+    await client.delete_memory("user_123", memory["id"])
+    sessions = await client.get_sessions("user_123")
+    assert sessions["count"] == 2
+    messages = await client.get_session_messages(asked["session_id"], "user_123")
+    assert [m["role"] for m in messages["messages"]] == ["user", "assistant"]
+    assert (await client.get_user_buffer("user_123"))["total_messages"] == 4
+
+    cred = await client.create_credential("user_123", {"service": "github",
+                                                       "credential": {"token": "ghp_x1234567890"}})
+    assert "ghp_x1234567890" not in str(cred) and cred["credential_preview"]
+    assert (await client.list_credentials("user_123"))["count"] == 1
+    await client.delete_credential(cred["credential_id"], "user_123")
+    with pytest.raises(NotFoundError):
+        await client.get_credential(cred["credential_id"], "user_123")
+
+    job = await client.create_scheduler_job("one_time", "in 10 minutes", "stretch", "user_123")
+    assert (await client.get_scheduler_jobs("user_123"))["count"] == 1
+    assert (await client.get_scheduler_job(job["id"]))["message"] == "stretch"
+    with pytest.raises(ValidationError):
+        await client.create_scheduler_job("recurring", "whenever", "x", "user_123")
+    await client.delete_scheduler_job(job["id"])
+
+    tokens = [e async for e in await client.chat_stream({"message": "hello"},
+                                                        user_id="user_123")]
+    assert tokens[-1]["event"] == "done"
+
+    await client.unlink_user_identifier("U98765ABC")
+    with pytest.raises(NotFoundError):
+        await client.unlink_user_identifier("U98765ABC")
+    await client.__aexit__(None, None, None)
+
+    # The sync client too.
+    def sync_calls() -> None:
+        with FormationClient(url=url, client_key=CLIENT) as sync:
+            assert sync.health()["status"] == "healthy"
+            assert "don't have" in sync.chat({"message": "what's my budget?"},
+                                             user_id="U98765ABC")["message"]["content"]
+
+    await asyncio.to_thread(sync_calls)
