@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -169,6 +170,80 @@ def users_show(user_or_identifier: str, formation: str = FormationOption):
         out.print(table)
 
     _run(work)
+
+
+@users.command("merge")
+def users_merge(keep: str = typer.Argument(..., help="The user that stays (usr_…)."),
+                absorb: str = typer.Argument(..., help="The user folded into it (usr_…)."),
+                formation: str = FormationOption):
+    """Fold one user into another: identifiers, memory, sessions, credentials, tasks."""
+
+    async def work(rt: Runtime) -> None:
+        moved = await rt.identity.merge(formation or rt.settings.formation_id, keep, absorb)
+        out.print(f"merged {absorb} into {keep}; moved {len(moved)} identifier(s)")
+
+    _run(work)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", "-p", help="Port to listen on (default 8000)."),
+):
+    """Run the gateway: HTTP API, web chat page, scheduler and every configured channel."""
+    from gateway.server import serve as run_server
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level)
+        asyncio.run(run_server(settings, host or settings.host,
+                               settings.port if port is None else port, err))
+    except (ConfigError, DatabaseError, IdentityError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        if exc.code:
+            err.print(f"[red]error:[/red] could not listen on {host or settings.host}:"
+                      f"{settings.port if port is None else port} (in use, or not allowed)")
+            raise typer.Exit(1) from None
+
+
+@app.command()
+def chat(
+    identifier: str = typer.Argument(..., help="Who you are, e.g. user_123 or U98765ABC:slack."),
+    channel: str = typer.Option("cli", "--channel", "-c", help="Channel name for the session."),
+    formation: str = FormationOption,
+):
+    """Talk to the assistant in the terminal as an identifier (Ctrl+D to quit)."""
+    from gateway.messages import InboundMessage
+
+    async def work(rt: Runtime) -> None:
+        conversation = f"cli-{os.getpid()}"
+        out.print(f"Talking as {identifier} on '{channel}'. Ctrl+D to quit.")
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                out.print()
+                return
+            if not text.strip():
+                continue
+            reply = await rt.engine.handle(InboundMessage(
+                channel=channel, identifier=_parse_identifier(identifier),
+                conversation=conversation, text=text, formation=formation or None))
+            if reply is not None:
+                out.print(f"[bold]threadline>[/bold] {reply.text}", highlight=False)
+
+    _run(work)
+
+
+@app.command()
+def doctor():
+    """Check configuration, database, migrations and each channel; say how to fix problems."""
+    from gateway.doctor import run_checks
+
+    ok = asyncio.run(run_checks(out))
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:

@@ -63,6 +63,9 @@ class Runtime:
                    Scheduler(memory, channels))
 
     async def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.scheduler.stop()
         responder_close = getattr(self.engine.responder, "close", None)
         if responder_close is not None:

@@ -1,0 +1,143 @@
+"""`threadline serve`: the API, the web chat page, the scheduler and every configured channel
+in one process; started and stopped in one lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from rich.console import Console
+
+from config.settings import Settings
+from gateway.api.app import create_app
+from gateway.formations import Formation, load_formations
+from gateway.runtime import Runtime
+from gateway.supervisor import AdapterConfigError, Supervisor, load_adapter
+from identity.database import describe_url
+
+log = structlog.get_logger("threadline.server")
+
+
+@dataclass
+class Gateway:
+    runtime: Runtime
+    formations: dict[str, Formation]
+    supervisor: Supervisor
+    refused: dict[str, str] = field(default_factory=dict)  # channel -> configuration error
+    routes: list[Any] = field(default_factory=list)
+
+
+def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[Any]]:
+    """Build every configured adapter; a misconfigured one is reported, not fatal."""
+    supervisor = Supervisor()
+    refused: dict[str, str] = {}
+    routes: list[Any] = []
+    for name, config in runtime.settings.channels.items():
+        try:
+            adapter = load_adapter(name, config, runtime.engine)
+        except AdapterConfigError as exc:
+            refused[name] = str(exc)
+            log.error("channel not started: bad configuration", channel=name, error=str(exc))
+            continue
+        supervisor.add(adapter)
+        runtime.channels.add(adapter)
+        routes.extend(adapter.routes())
+    return supervisor, refused, routes
+
+
+def webchat_routes(runtime: Runtime, formation: Formation) -> list[Any]:
+    try:
+        from gateway import webchat
+    except ImportError:  # the page is optional in stripped-down installs
+        return []
+    return webchat.routes(runtime, runtime.settings, formation)
+
+
+async def build(settings: Settings) -> Gateway:
+    runtime = await Runtime.open(settings)
+    try:
+        formations = load_formations(settings)
+        supervisor, refused, routes = load_channels(runtime)
+        routes += webchat_routes(runtime, formations[settings.formation_id])
+    except BaseException:
+        await runtime.close()
+        raise
+    return Gateway(runtime, formations, supervisor, refused, routes)
+
+
+def summary(gateway: Gateway, host: str, port: int, console: Console) -> None:
+    settings = gateway.runtime.settings
+    base = f"http://{host}:{port}"
+    default = gateway.formations[settings.formation_id]
+    console.print(f"[bold]Threadline[/bold] is up on {base}")
+    console.print(f"  web chat   {base}/")
+    console.print(f"  API        {base}/v1   (docs {base}/docs)")
+    console.print(f"  store      {gateway.runtime.db.dialect}: {describe_url(settings.database)}")
+    console.print(f"  cache      {describe_url(settings.cache)}")
+    console.print(f"  responder  {settings.responder}")
+    channels = ", ".join(["api", "web", *gateway.supervisor.adapters]) or "none"
+    console.print(f"  channels   {channels}")
+    for name, problem in gateway.refused.items():
+        console.print(f"  [red]channel {name} not started:[/red] {problem}")
+    others = [f for f in gateway.formations if f != settings.formation_id]
+    console.print(f"  formations {settings.formation_id} (default)"
+                  + (", " + ", ".join(others) if others else ""))
+    if default.generated:
+        console.print("  [yellow]development keys (generated once, kept in "
+                      f"{settings.data_dir}/dev-keys.json):[/yellow]")
+        console.print(f"    X-Muxi-Admin-Key:  {default.admin_key}")
+        console.print(f"    X-Muxi-Client-Key: {default.client_key}")
+    elif settings.admin_key is None:
+        console.print(f"  development keys: see {settings.data_dir}/dev-keys.json")
+    console.print("Press Ctrl+C to stop.")
+
+
+async def serve(settings: Settings, host: str, port: int, console: Console) -> None:
+    gateway = await build(settings)
+    runtime = gateway.runtime
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        gateway.supervisor.start()
+        scheduler = asyncio.create_task(runtime.scheduler.run(), name="scheduler")
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining channels")
+            await gateway.supervisor.stop()
+            runtime.scheduler.stop()
+            await scheduler
+            await runtime.close()
+            log.info("stopped")
+
+    app = create_app(runtime, gateway.formations, extra_routes=gateway.routes, lifespan=lifespan)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=10, access_log=False)
+    server = uvicorn.Server(config)
+    original_startup = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original_startup(sockets=sockets)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            summary(gateway, host, bound, console)
+
+    server.startup = startup  # type: ignore[method-assign]
+    # uvicorn re-raises SIGTERM after its graceful stop, so the process would die by the
+    # signal; handle it here instead and exit 0 once everything is drained.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    try:
+        await server.serve()
+    finally:
+        if not server.started:
+            await runtime.close()

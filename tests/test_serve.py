@@ -1,0 +1,75 @@
+"""`threadline serve` and `threadline doctor` as a person runs them."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+THREADLINE = str(Path(sys.executable).parent / "threadline")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+    env.update({"THREADLINE_DATA_DIR": str(tmp_path / "data"), "THREADLINE_LOG_FORMAT": "json"})
+    env.update(extra)
+    return env
+
+
+def test_serve_starts_with_no_configuration_answers_and_stops_on_sigterm(tmp_path):
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path,
+                            env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 30
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        match = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen)
+        assert match, seen
+        assert "sqlite" in seen and "X-Muxi-Client-Key: tlc_" in seen
+        client_key = re.search(r"X-Muxi-Client-Key: (\S+)", seen).group(1)
+        with httpx.Client(base_url=match.group(1)) as http:
+            assert http.get("/v1/health").json()["data"]["status"] == "healthy"
+            reply = http.post("/v1/chat", json={"message": "my budget is $5,000"},
+                              headers={"X-Muxi-Client-Key": client_key,
+                                       "X-Muxi-User-ID": "user_123"})
+            assert "$5,000" in reply.json()["data"]["message"]["content"]
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=20) == 0
+        assert '"stopped"' in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_doctor_reports_problems_with_fixes(tmp_path):
+    bad = subprocess.run([THREADLINE, "doctor"], cwd=tmp_path, text=True, capture_output=True,
+                         env=_env(tmp_path, THREADLINE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x"),
+                         timeout=60)
+    assert bad.returncode == 1
+    assert "✗ database" in bad.stdout and "THREADLINE_DATABASE_URL" in bad.stdout
+    fresh = subprocess.run([THREADLINE, "doctor"], cwd=tmp_path, text=True, capture_output=True,
+                           env=_env(tmp_path), timeout=60)
+    assert "pending; run: threadline migrate" in fresh.stdout and fresh.returncode == 1
+    subprocess.run([THREADLINE, "migrate"], cwd=tmp_path, env=_env(tmp_path), check=True,
+                   capture_output=True, timeout=60)
+    good = subprocess.run([THREADLINE, "doctor"], cwd=tmp_path, text=True, capture_output=True,
+                          env=_env(tmp_path), timeout=60)
+    assert good.returncode == 0, good.stdout
+    assert "all checks passed" in good.stdout
+
+
+def test_a_misconfigured_channel_is_reported_by_doctor(tmp_path):
+    (tmp_path / "formation.yaml").write_text("channels:\n  carrier_pigeon: {}\n")
+    subprocess.run([THREADLINE, "migrate"], cwd=tmp_path, env=_env(tmp_path), check=True,
+                   capture_output=True, timeout=60)
+    out = subprocess.run([THREADLINE, "doctor"], cwd=tmp_path, text=True, capture_output=True,
+                         env=_env(tmp_path), timeout=60)
+    assert out.returncode == 1 and "no channel named 'carrier_pigeon'" in out.stdout
