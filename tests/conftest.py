@@ -7,8 +7,10 @@ reason, unless THREADLINE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -123,3 +125,41 @@ def engine(identity: IdentityService, memory_store: memory.Memory, formation: st
     from gateway.responders.offline import OfflineResponder
 
     return Engine(identity, memory_store, OfflineResponder(), formation=formation)
+
+
+ADMIN, CLIENT = "admin-key-0123456789abcdef", "client-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def server(database_url, tmp_path, formation):
+    """A real uvicorn server with the formation API; yields (base url, runtime)."""
+    import uvicorn
+
+    from config.settings import Settings
+    from gateway.api.app import create_app
+    from gateway.formations import Formation
+    from gateway.runtime import Runtime
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path, formation_id=formation,
+                        identity_secret="test-identity-secret-0123456789",
+                        credentials_key="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
+    runtime = await Runtime.open(settings)
+    formations = {formation: Formation(formation, ADMIN, CLIENT),
+                  "other": Formation("other", "other-admin-0123456789ab", "other-client-0123456789a")}
+    app = create_app(runtime, formations)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", runtime
+    srv.should_exit = True
+    await task
+    await runtime.close()

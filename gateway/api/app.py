@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.api import routes_chat, routes_identity, routes_memory, routes_scheduler
@@ -13,12 +14,26 @@ from gateway.api.envelope import install_error_handlers
 from gateway.formations import Formation
 from gateway.runtime import Runtime
 
+class ErrorBody(BaseModel):
+    """Every error: `code` and `message` at the top level, as the SDKs read them."""
+
+    object: str
+    type: str
+    timestamp: int
+    request: dict[str, Any]
+    success: bool
+    code: str
+    message: str
+    error: dict[str, Any]
+    details: dict[str, Any]
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong API key"},
-    403: {"description": "The client key may not do this"},
-    404: {"description": "Not found"},
-    409: {"description": "Conflict, e.g. IDENTIFIER_CONFLICT"},
-    422: {"description": "Invalid parameters (INVALID_PARAMS)"},
+    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    403: {"model": ErrorBody, "description": "The client key may not do this"},
+    404: {"model": ErrorBody, "description": "Not found"},
+    409: {"model": ErrorBody, "description": "Conflict, e.g. IDENTIFIER_CONFLICT"},
+    422: {"model": ErrorBody, "description": "Invalid parameters (INVALID_PARAMS)"},
 }
 
 

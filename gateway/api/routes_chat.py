@@ -48,7 +48,9 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
     )
 
 
-@router.post("/chat", tags=["chat"])
+@router.post("/chat", tags=["chat"], responses={200: {
+    "description": "The reply as JSON, or with stream=true as server-sent events",
+    "content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat(request: Request, body: ChatBody,
                rt: Annotated[Runtime, Depends(runtime)],
                f: Annotated[Formation, Depends(client_access)]) -> Response:

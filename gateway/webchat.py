@@ -1,0 +1,352 @@
+"""The web chat page: a person types, the reply streams in.
+
+Who is typing comes from a token the host application signs with the webchat secret
+(`server.webchat_secret` / THREADLINE_WEBCHAT_SECRET), so nobody can speak as another
+user's identifier. The host signs one per visit and opens the page with it:
+
+    from gateway.webchat import sign_token
+
+    token = sign_token(b"the webchat secret", "alice@example.com", ttl=3600)
+    url = f"https://chat.example.com/?token={token}"
+    # or, on a page the host serves itself: <script>window.THREADLINE_TOKEN = "…"</script>
+
+A token is `<base64url(payload)>.<base64url(HMAC-SHA-256(secret, <base64url(payload)>))>`
+(base64url without padding) with the payload {"sub": identifier, "exp": unix seconds} and
+optionally "type": the identifier's type ("slack", "email", …). Any language can make one.
+
+In development, for a client on this machine (loopback) and with no webchat secret set,
+the page instead asks for a name: whatever identifier is typed is who is talking.
+
+Routes: GET / and /chat (the page); GET /webchat/config (token or name mode, and why);
+POST /webchat/messages {"text", "conversation", "token" | "name"} answering a
+text/event-stream of `data: {"token": …}` frames, then `event: done` {"user_id",
+"session_id", "request_id"}, or `event: error` {"error", "type"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from config.settings import ConfigError, Settings
+from gateway.api.envelope import error_response
+from gateway.formations import Formation
+from gateway.messages import Reply
+from gateway.runtime import Runtime
+from identity import InvalidIdentifierError
+
+log = structlog.get_logger("threadline.webchat")
+
+CHANNEL = "web"
+MAX_TEXT = 20_000
+MAX_BODY = 1 << 20  # a 20,000-character text fits even written as \uXXXX escapes
+MAX_TOKEN = 4096
+MIN_SECRET = 16
+PAGE = Path(__file__).parent / "static" / "webchat.html"
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+_CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_TOKENS = re.compile(r"\S+\s*|\s+")
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
+
+
+class TokenError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key(secret: bytes | str) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def _signature(secret: bytes | str, payload_part: str) -> bytes:
+    return hmac.new(_key(secret), payload_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def sign_token(secret: bytes, identifier: str, ttl: int = 3600, type: str | None = None, *,
+               now: float | None = None) -> str:
+    """A token saying the bearer is `identifier` for the next `ttl` seconds."""
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ValueError("identifier must be a non-empty string")
+    if ttl <= 0:
+        raise ValueError("ttl must be a positive number of seconds")
+    payload: dict[str, Any] = {"sub": identifier,
+                               "exp": int(time.time() if now is None else now) + int(ttl)}
+    if type is not None:
+        payload["type"] = type
+    head = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
+    return f"{head}.{_b64encode(_signature(secret, head))}"
+
+
+def verify_token(secret: bytes | str, token: str, *, now: float | None = None) -> Any:
+    """The identifier a token vouches for (a string, or {"identifier", "type"}).
+
+    Raises TokenError with code TOKEN_INVALID or TOKEN_EXPIRED.
+    """
+    head, _, sig = token.partition(".")
+    if (len(token) > MAX_TOKEN or not _B64URL.match(head) or not _B64URL.match(sig)):
+        raise TokenError("TOKEN_INVALID", "the token is malformed: expected "
+                                          "<base64url payload>.<base64url signature>")
+    try:
+        given = _b64decode(sig)
+    except ValueError:
+        raise TokenError("TOKEN_INVALID", "the token's signature is not base64url") from None
+    if not hmac.compare_digest(given, _signature(secret, head)):
+        raise TokenError("TOKEN_INVALID", "the token's signature does not match: it was not "
+                                          "signed with this server's webchat secret")
+    try:
+        payload = json.loads(_b64decode(head))
+    except ValueError:  # includes bad base64, bad UTF-8 and bad JSON
+        payload = None
+    if not isinstance(payload, dict):
+        raise TokenError("TOKEN_INVALID", "the token's payload is not a JSON object")
+    sub, exp, kind = payload.get("sub"), payload.get("exp"), payload.get("type")
+    if not isinstance(sub, str) or not sub.strip():
+        raise TokenError("TOKEN_INVALID", "the token has no sub (the identifier)")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        raise TokenError("TOKEN_INVALID", "the token has no exp (expiry, unix seconds)")
+    if kind is not None and not isinstance(kind, str):
+        raise TokenError("TOKEN_INVALID", "the token's type must be a string")
+    at = time.time() if now is None else now
+    if exp <= at:
+        raise TokenError("TOKEN_EXPIRED", f"the token expired {int(at - exp)} s ago; ask the "
+                                          "host application for a new one")
+    return {"identifier": sub, "type": kind} if kind else sub
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def name_mode_refusal(request: Request, settings: Settings) -> str | None:
+    """Why this request may not say who it is by name, or None when it may."""
+    if settings.webchat_secret is not None:
+        return ("a webchat secret is configured, so who is talking comes only from a token "
+                "signed by the host application")
+    if settings.env != "development":
+        return "name mode is for development only, and this gateway runs in production"
+    if not _is_loopback(request):
+        return "name mode is only for a browser on the gateway's own machine (loopback)"
+    return None
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _Invalid("body", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _Invalid("body", "the request body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any]) -> str:
+    text = body.get("text")
+    if text is None:
+        raise _Invalid("text", "text is required")
+    if not isinstance(text, str):
+        raise _Invalid("text", "text must be a string")
+    if not text.strip():
+        raise _Invalid("text", "text must not be empty")
+    if len(text) > MAX_TEXT:
+        raise _Invalid("text", f"text is longer than {MAX_TEXT} characters")
+    return text
+
+
+def _conversation(body: dict[str, Any]) -> str:
+    conversation = body.get("conversation")
+    if conversation is None or conversation == "":
+        raise _Invalid("conversation", "conversation is required (an id the page makes per tab)")
+    if not isinstance(conversation, str) or not _CONVERSATION.match(conversation):
+        raise _Invalid("conversation", "conversation must be 1-100 letters, digits, '_', '.', "
+                                       "':' or '-'")
+    return conversation
+
+
+def _invalid(request: Request, field: str, message: str) -> JSONResponse:
+    return error_response(request, 422, "INVALID_PARAMS", f"{field}: {message}", {
+        "field": field, "errors": [{"field": field, "msg": message, "type": "value_error"}]})
+
+
+def _sse(event: str | None, data: dict[str, Any]) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+class WebChat:
+    def __init__(self, runtime: Runtime, settings: Settings, formation: Formation) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.formation = formation
+        self.secret = (settings.webchat_secret.get_secret_value().encode()
+                       if settings.webchat_secret is not None else None)
+        if self.secret is not None and len(self.secret) < MIN_SECRET:
+            raise ConfigError(f"THREADLINE_WEBCHAT_SECRET must be at least {MIN_SECRET} "
+                              "characters (make one with: python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))')")
+        if self.secret is None and settings.env == "production":
+            log.warning("web chat has no webchat secret in production: the page will refuse "
+                        "every message until THREADLINE_WEBCHAT_SECRET is set")
+        self.html = PAGE.read_text(encoding="utf-8")
+        self.page_headers = {
+            "Content-Security-Policy": _policy(self.html),
+            "Referrer-Policy": "no-referrer",  # the page's URL may carry ?token=
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-cache",
+        }
+        self._turns: set[asyncio.Task[Reply]] = set()
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(self.html, headers=self.page_headers)
+
+    async def config(self, request: Request) -> Response:
+        refusal = name_mode_refusal(request, self.settings)
+        return JSONResponse(
+            {"mode": "token" if refusal else "name", "name_allowed": refusal is None,
+             "reason": refusal, "channel": CHANNEL, "max_text": MAX_TEXT},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def message(self, request: Request) -> Response:
+        try:
+            body = await _read_body(request)
+            text, conversation = _text(body), _conversation(body)
+            token, name = body.get("token"), body.get("name")
+            if token is not None and name is not None:
+                raise _Invalid("token", "send either a token or a name, not both")
+            if token is not None and not isinstance(token, str):
+                raise _Invalid("token", "token must be a string")
+            if name is not None and (not isinstance(name, str) or not name.strip()):
+                raise _Invalid("name", "name must be a non-empty string")
+        except _Invalid as exc:
+            return _invalid(request, exc.field, exc.message)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if token is not None:
+            field = "token"
+            if self.secret is None:
+                return self._refuse(request, 401, "TOKEN_INVALID",
+                                    "this gateway has no webchat secret, so it cannot check "
+                                    "tokens")
+            try:
+                identifier = verify_token(self.secret, token)
+            except TokenError as exc:
+                return self._refuse(request, 401, exc.code, exc.message)
+        elif name is not None:
+            field = "name"
+            refusal = name_mode_refusal(request, self.settings)
+            if refusal is not None:
+                return self._refuse(request, 403, "NAME_MODE_DISABLED",
+                                    f"name mode is refused: {refusal}")
+            identifier = name.strip()
+        elif self.secret is not None or name_mode_refusal(request, self.settings):
+            return self._refuse(request, 401, "TOKEN_REQUIRED",
+                                "a token signed by the host application is required")
+        else:
+            return _invalid(request, "name", "name is required (who is talking)")
+        try:
+            user_id = await self.runtime.identity.resolve(self.formation.id, identifier)
+        except InvalidIdentifierError as exc:
+            return _invalid(request, field, str(exc))
+        assert user_id is not None
+        return StreamingResponse(
+            self._stream(user_id, conversation, text, identifier),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def _refuse(self, request: Request, status: int, code: str, message: str) -> JSONResponse:
+        log.info("web chat message refused", code=code, status=status)
+        return error_response(request, status, code, message)
+
+    async def _stream(self, user_id: str, conversation: str, text: str,
+                      identifier: Any) -> AsyncIterator[str]:
+        # The turn runs to the end even when the tab goes away: the message is saved once
+        # it has been accepted.
+        turn = asyncio.ensure_future(self.runtime.engine.converse_or_command(
+            self.formation.id, user_id, CHANNEL, conversation, text, identifier=identifier))
+        self._turns.add(turn)
+        turn.add_done_callback(self._turns.discard)
+        try:
+            reply = await asyncio.shield(turn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("web chat turn failed", user_id=user_id)
+            kind = "invalid_request" if isinstance(exc, InvalidIdentifierError) else "internal"
+            message = (str(exc) if kind == "invalid_request" else
+                       "the gateway could not answer just now; please try again")
+            yield _sse("error", {"error": message, "type": kind})
+            return
+        for piece in _TOKENS.findall(reply.text):
+            yield _sse(None, {"token": piece})
+        yield _sse("done", {"user_id": reply.user_id, "session_id": reply.session_id,
+                            "request_id": reply.request_id})
+
+
+def _policy(html: str) -> str:
+    """A Content-Security-Policy allowing exactly the page's own inline script and style."""
+    allowed: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, body in _INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
+        allowed[tag].append(f"'sha256-{digest}'")
+    script = " ".join(allowed["script"]) or "'none'"
+    style = " ".join(allowed["style"]) or "'none'"
+    return (f"default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
+            "img-src 'self' data:; base-uri 'none'; form-action 'none'")
+
+
+def routes(runtime: Runtime, settings: Settings, formation: Formation) -> list[Route]:
+    chat = WebChat(runtime, settings, formation)
+    return [
+        Route("/", chat.page, methods=["GET"], name="webchat_page"),
+        Route("/chat", chat.page, methods=["GET"], name="webchat_page_chat"),
+        Route("/webchat/config", chat.config, methods=["GET"], name="webchat_config"),
+        Route("/webchat/messages", chat.message, methods=["POST"], name="webchat_messages"),
+    ]
