@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import structlog
@@ -14,7 +13,9 @@ from gateway.responders.rules import understand
 from identity import IdentityService
 from identity.linking import Linker
 from memory import Memory
-from memory.types import now
+from memory.turns import TurnContext, load_context, store_plain_turn
+from memory.types import Fact, now
+from memory.user_memory import build_synopsis
 
 log = structlog.get_logger("threadline.engine")
 
@@ -62,46 +63,57 @@ class Engine:
         request_id = f"req_{uuid.uuid4().hex[:16]}"
         users, sessions = self.memory.users, self.memory.sessions
         session = await sessions.open(user_id, formation, channel, conversation)
-        facts, synopsis, working, buffer, relevant, recent = await asyncio.gather(
-            users.facts(user_id), users.synopsis(user_id), users.working(user_id),
-            sessions.buffer(session.id), users.search_memories(user_id, text),
-            users.memories(user_id, limit=5),
-        )
+        loaded = await load_context(users.db, users, user_id, session.id,
+                                    sessions.buffer_size)
+        relevant = await users.search_memories(user_id, text) if loaded.recent else []
         at = now()
-        context = Context(user_id, formation, channel, text, session, synopsis, facts, relevant,
-                          recent, working, buffer, at)
+        context = Context(user_id, formation, channel, text, session, loaded.synopsis,
+                          loaded.facts, relevant, loaded.recent, loaded.working, loaded.buffer,
+                          at)
         changes = understand(text, at).changes
         try:
             response = await self.responder.respond(context, changes)
         except Exception:
             log.exception("responder failed", responder=self.responder.name, user_id=user_id)
             response = Response(APOLOGY, changes)
-        await self._store(formation, user_id, channel, session.id, text, response)
+        if response.changes.persistent or response.changes.tasks:
+            await self._store(formation, user_id, channel, session.id, text, response, loaded)
+        else:
+            await store_plain_turn(users.db, users, user_id, channel, session.id, text,
+                                   response.text, loaded.working_rows)
         log.info("turn", channel=channel, user_id=user_id, session_id=session.id,
                  new_session=session.is_new, request_id=request_id)
         return Reply(response.text, user_id, session.id, request_id)
 
     async def _store(self, formation: str, user_id: str, channel: str, session_id: str,
-                     text: str, response: Response) -> None:
+                     text: str, response: Response, loaded: TurnContext) -> None:
+        """A turn that changes memory, in one transaction: the changes, the synopsis rebuilt
+        from what was loaded plus the changes, the buffer and working memory."""
         users, changes = self.memory.users, response.changes
-        await self._apply(formation, user_id, changes)
-        await self.memory.sessions.add_message(session_id, "user", text)
-        await self.memory.sessions.add_message(session_id, "assistant", response.text)
-        await users.remember_turn(user_id, channel, "user", text)
-        await users.remember_turn(user_id, channel, "assistant", response.text)
-
-    async def _apply(self, formation: str, user_id: str, changes: Changes) -> None:
-        users = self.memory.users
-        for key, value in changes.facts.items():
-            await users.set_fact(user_id, key, value)
-        for key in changes.forget:
-            await users.forget_fact(user_id, key)
-        for value in changes.preferences:
-            await users.set_fact(user_id, value.lower()[:100], value, kind="preference")
-        for content in changes.memories:
-            await users.add_memory(user_id, content, {"source": "conversation"})
+        turns = [("user", text), ("assistant", response.text)]
+        facts = {(f.kind, f.key): f for f in loaded.facts}
+        recent = list(loaded.recent)
+        async with users.db.transaction() as tx:
+            for key, value in changes.facts.items():
+                await users.set_fact(user_id, key, value, q=tx)
+                facts[("fact", key)] = Fact("fact", key, value, now())
+            for key in changes.forget:
+                await users.forget_fact(user_id, key, q=tx)
+                facts.pop(("fact", key), None)
+            for value in changes.preferences:
+                key = value.lower()[:100]
+                await users.set_fact(user_id, key, value, kind="preference", q=tx)
+                facts[("preference", key)] = Fact("preference", key, value, now())
+            for content in changes.memories:
+                recent.insert(0, await users.add_memory(user_id, content,
+                                                        {"source": "conversation"}, q=tx))
+            if changes.persistent:
+                ordered = sorted(facts.values(), key=lambda f: (f.kind, f.updated_at))
+                await users.save_synopsis(user_id, build_synopsis(ordered, recent[:5]), q=tx)
+            await self.memory.sessions.add_messages(session_id, turns, q=tx)
+            await self.memory.sessions.touch(session_id, q=tx)
+            await users.remember_turn(user_id, channel, turns, q=tx,
+                                      trim=users.needs_trim(loaded.working_rows))
         for task in changes.tasks:
             await self.memory.tasks.add(user_id, formation, task.kind, task.schedule,
                                         task.message)
-        if changes.persistent:
-            await users.refresh_synopsis(user_id)

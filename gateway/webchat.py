@@ -61,7 +61,7 @@ PAGE = Path(__file__).parent / "static" / "webchat.html"
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _TOKENS = re.compile(r"\S+\s*|\s+")
-_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 class TokenError(Exception):

@@ -78,6 +78,10 @@ class Database:
         """`async with db.transaction() as tx:` where tx has the query methods below."""
         raise NotImplementedError
 
+    def reading(self) -> Any:
+        """`async with db.reading() as q:` one connection for several reads in a row."""
+        raise NotImplementedError
+
     async def execute(self, sql: str, *args: Any) -> None:
         async with self.transaction() as tx:
             await tx.execute(sql, *args)
@@ -149,6 +153,11 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
             yield conn
 
     async def execute(self, sql: str, *args: Any) -> None:
@@ -250,6 +259,10 @@ class SqliteDatabase(Database):
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         return list(await self.reader.execute_fetchall(numbered(sql), args))
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[SqliteTransaction]:
+        yield SqliteTransaction(self.reader)
+
     async def fetchone(self, sql: str, *args: Any) -> aiosqlite.Row | None:
         rows = await self.reader.execute_fetchall(sql, args)
         return rows[0] if rows else None  # type: ignore[index]
@@ -305,7 +318,7 @@ def numbered(sql: str) -> str:
 
 
 class SqliteTransaction:
-    """The portable query methods on SQLite's writer connection, inside a transaction."""
+    """The portable query methods on one SQLite connection ($n placeholders)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn

@@ -28,8 +28,17 @@ class Sessions:
         self.buffer_size = buffer_size
 
     async def open(self, user_id: str, formation: str, channel: str, conversation: str) -> Session:
-        """Continue the conversation's session, or start a fresh one after the idle timeout."""
+        """Continue the conversation's session, or start a fresh one after the idle timeout.
+
+        Continuing reads only; the turn's own write moves `last_activity` (see `touch`)."""
         at = now()
+        row = await self.db.fetchrow(
+            f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1 AND channel = $2"
+            " AND conversation = $3 AND last_activity > $4 ORDER BY last_activity DESC LIMIT 1",
+            user_id, channel, conversation, at - self.idle_timeout,
+        )
+        if row is not None:
+            return _session(row)
         async with self.db.transaction() as tx:
             if self.db.dialect == "postgres":
                 # Two first messages of one conversation must not open two sessions.
@@ -76,6 +85,21 @@ class Sessions:
         sessions = await self.list(user_id, limit=1)
         return sessions[0] if sessions else None
 
+    async def touch(self, session_id: str, *, q: Any = None) -> None:
+        await (q or self.db).execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
+                                     session_id, now())
+
+    async def add_messages(self, session_id: str, turns: list[tuple[str, str]], *,
+                           q: Any = None) -> None:
+        """Append (role, content) messages to the session buffer, in order."""
+        at, seq = now(), time.time_ns()
+        for offset, (role, content) in enumerate(turns):
+            await (q or self.db).execute(
+                "INSERT INTO session_messages (id, session_id, seq, role, content, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                new_id("msg"), session_id, seq + offset, role, content, at,
+            )
+
     async def add_message(self, session_id: str, role: str, content: str) -> SessionMessage:
         message = SessionMessage(new_id("msg"), role, content, now())
         await self.db.execute(
@@ -85,9 +109,10 @@ class Sessions:
         )
         return message
 
-    async def buffer(self, session_id: str, limit: int | None = None) -> list[SessionMessage]:
+    async def buffer(self, session_id: str, limit: int | None = None, *,
+                     q: Any = None) -> list[SessionMessage]:
         """The session's last messages, oldest first."""
-        rows = await self.db.fetch(
+        rows = await (q or self.db).fetch(
             "SELECT id, role, content, created_at FROM session_messages WHERE session_id = $1"
             " ORDER BY seq DESC LIMIT $2",
             session_id, limit or self.buffer_size,
@@ -115,10 +140,9 @@ class Sessions:
 
     async def claim_message(self, formation: str, channel: str, message_id: str) -> bool:
         """True the first time a platform message id is seen; False for a redelivery."""
+        sql = ("INSERT INTO processed_messages (formation_id, channel, message_id, created_at)"
+               " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING message_id")
+        if self.db.dialect == "postgres":  # one statement commits on its own
+            return await self.db.fetchval(sql, formation, channel, message_id, now()) is not None
         async with self.db.transaction() as tx:
-            claimed = await tx.fetchval(
-                "INSERT INTO processed_messages (formation_id, channel, message_id, created_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING message_id",
-                formation, channel, message_id, now(),
-            )
-        return claimed is not None
+            return await tx.fetchval(sql, formation, channel, message_id, now()) is not None

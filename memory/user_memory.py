@@ -10,6 +10,10 @@ from typing import Any
 from identity.database import Database
 from memory.types import Fact, Memory, NotFoundError, WorkingItem, new_id, now
 
+# Anything with execute/fetch/fetchrow/fetchval taking $n placeholders: the Database,
+# a transaction or a connection. None means "the database, on its own".
+Query = Any
+
 _WORD = re.compile(r"[a-z0-9$€£%.,']+")
 
 
@@ -22,8 +26,9 @@ class UserMemory:
 
     # Facts and preferences (persistent memory as key/value).
 
-    async def set_fact(self, user_id: str, key: str, value: str, kind: str = "fact") -> None:
-        await self.db.execute(
+    async def set_fact(self, user_id: str, key: str, value: str, kind: str = "fact", *,
+                       q: Query = None) -> None:
+        await (q or self.db).execute(
             "INSERT INTO facts (user_id, kind, key, value, updated_at) VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (user_id, kind, key) DO UPDATE SET value = excluded.value,"
             " updated_at = excluded.updated_at",
@@ -38,50 +43,58 @@ class UserMemory:
         )
         return Fact(*row) if row else None
 
-    async def facts(self, user_id: str, kind: str | None = None) -> list[Fact]:
-        rows = await self.db.fetch(
+    async def facts(self, user_id: str, kind: str | None = None, *, q: Query = None) -> list[Fact]:
+        rows = await (q or self.db).fetch(
             "SELECT kind, key, value, updated_at FROM facts WHERE user_id = $1"
             " ORDER BY kind, updated_at",
             user_id,
         )
         return [Fact(*r) for r in rows if kind is None or r[0] == kind]
 
-    async def forget_fact(self, user_id: str, key: str, kind: str = "fact") -> bool:
+    async def forget_fact(self, user_id: str, key: str, kind: str = "fact", *,
+                          q: Query = None) -> bool:
+        sql = "DELETE FROM facts WHERE user_id = $1 AND kind = $2 AND key = $3 RETURNING key"
+        if q is not None:
+            return await q.fetchval(sql, user_id, kind, key) is not None
         async with self.db.transaction() as tx:
-            found = await tx.fetchval(
-                "DELETE FROM facts WHERE user_id = $1 AND kind = $2 AND key = $3 RETURNING key",
-                user_id, kind, key,
-            )
-        return found is not None
+            return await tx.fetchval(sql, user_id, kind, key) is not None
 
     # Free-text memories.
 
     async def add_memory(self, user_id: str, content: str,
-                         metadata: dict[str, Any] | None = None) -> Memory:
+                         metadata: dict[str, Any] | None = None, *, q: Query = None) -> Memory:
         memory = Memory(new_id("mem"), content, metadata or {}, now())
-        await self.db.execute(
+        await (q or self.db).execute(
             "INSERT INTO memories (id, user_id, content, metadata, created_at)"
             " VALUES ($1, $2, $3, $4, $5)",
             memory.id, user_id, memory.content, json.dumps(memory.metadata), memory.created_at,
         )
         return memory
 
-    async def memories(self, user_id: str, limit: int = 50) -> list[Memory]:
-        rows = await self.db.fetch(
+    async def memories(self, user_id: str, limit: int = 50, *, q: Query = None) -> list[Memory]:
+        rows = await (q or self.db).fetch(
             "SELECT id, content, metadata, created_at FROM memories WHERE user_id = $1"
             " ORDER BY created_at DESC LIMIT $2",
             user_id, limit,
         )
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    async def search_memories(self, user_id: str, query: str, limit: int = 5) -> list[Memory]:
+    async def search_memories(self, user_id: str, query: str, limit: int = 5, *,
+                              q: Query = None) -> list[Memory]:
         """Memories sharing the most words with the query, best first."""
-        words = set(_WORD.findall(query.lower())) - _STOP_WORDS
+        words = sorted(set(_WORD.findall(query.lower())) - _STOP_WORDS)[:8]
         if not words:
             return []
+        likes = " OR ".join(f"lower(content) LIKE ${i + 2}" for i in range(len(words)))
+        rows = await (q or self.db).fetch(
+            "SELECT id, content, metadata, created_at FROM memories WHERE user_id = $1"
+            f" AND ({likes}) ORDER BY created_at DESC LIMIT 100",
+            user_id, *(f"%{w}%" for w in words),
+        )
         scored = []
-        for memory in await self.memories(user_id, limit=500):
-            overlap = len(words & set(_WORD.findall(memory.content.lower())))
+        for r in rows:
+            memory = Memory(r[0], r[1], json.loads(r[2]), r[3])
+            overlap = len(set(words) & set(_WORD.findall(memory.content.lower())))
             if overlap:
                 scored.append((overlap, memory.created_at, memory))
         scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
@@ -98,44 +111,63 @@ class UserMemory:
 
     # The synopsis: a short profile, rebuilt whenever persistent memory changes.
 
-    async def synopsis(self, user_id: str) -> str:
-        return await self.db.fetchval(
+    async def synopsis(self, user_id: str, *, q: Query = None) -> str:
+        return await (q or self.db).fetchval(
             "SELECT synopsis FROM user_profiles WHERE user_id = $1", user_id
         ) or ""
 
-    async def refresh_synopsis(self, user_id: str) -> str:
-        text = build_synopsis(await self.facts(user_id), await self.memories(user_id, limit=5))
-        await self.db.execute(
+    async def refresh_synopsis(self, user_id: str, *, q: Query = None) -> str:
+        text = build_synopsis(await self.facts(user_id, q=q),
+                              await self.memories(user_id, limit=5, q=q))
+        await self.save_synopsis(user_id, text, q=q)
+        return text
+
+    async def save_synopsis(self, user_id: str, text: str, *, q: Query = None) -> None:
+        await (q or self.db).execute(
             "INSERT INTO user_profiles (user_id, synopsis, updated_at) VALUES ($1, $2, $3)"
             " ON CONFLICT (user_id) DO UPDATE SET synopsis = excluded.synopsis,"
             " updated_at = excluded.updated_at",
             user_id, text, now(),
         )
-        return text
 
     # Working memory: recent turns from every channel, bounded in count and age.
 
-    async def remember_turn(self, user_id: str, channel: str, role: str, content: str) -> None:
+    async def remember_turn(self, user_id: str, channel: str,
+                            turns: list[tuple[str, str]], *, q: Query = None,
+                            trim: bool = True) -> None:
+        """Add (role, content) turns and drop what is past the count or age bound."""
+        if q is None:
+            async with self.db.transaction() as tx:
+                return await self.remember_turn(user_id, channel, turns, q=tx, trim=trim)
         at = now()
-        async with self.db.transaction() as tx:
-            await tx.execute(
+        for offset, (role, content) in enumerate(turns):
+            await q.execute(
                 "INSERT INTO working_memory (id, user_id, channel, role, content, created_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6)",
-                new_id("wm"), user_id, channel, role, content[:2000], at,
+                new_id("wm"), user_id, channel, role, content[:2000], at + offset * 1e-6,
             )
-            await tx.execute(
-                "DELETE FROM working_memory WHERE user_id = $1 AND (created_at < $2 OR id IN ("
-                " SELECT id FROM working_memory WHERE user_id = $1"
-                " ORDER BY created_at DESC LIMIT -1 OFFSET $3))"
-                if self.db.dialect == "sqlite" else
-                "DELETE FROM working_memory WHERE user_id = $1 AND (created_at < $2 OR id IN ("
-                " SELECT id FROM working_memory WHERE user_id = $1"
-                " ORDER BY created_at DESC OFFSET $3))",
-                user_id, at - self.working_max_age, self.working_limit,
-            )
+        if trim:
+            await self.trim_working(user_id, q=q, at=at)
 
-    async def working(self, user_id: str) -> list[WorkingItem]:
-        rows = await self.db.fetch(
+    def needs_trim(self, rows: int, adding: int = 2) -> bool:
+        """Trim in batches of ten, not on every turn."""
+        return rows + adding > self.working_limit + 10
+
+    async def trim_working(self, user_id: str, *, q: Query = None,
+                           at: float | None = None) -> None:
+        """Drop working memory past the count or age bound."""
+        at = now() if at is None else at
+        # LIMIT -1 is SQLite's "no limit"; PostgreSQL spells it LIMIT ALL.
+        no_limit = "-1" if self.db.dialect == "sqlite" else "ALL"
+        await (q or self.db).execute(
+            "DELETE FROM working_memory WHERE user_id = $1 AND (created_at < $2 OR id IN ("
+            " SELECT id FROM working_memory WHERE user_id = $1"
+            f" ORDER BY created_at DESC LIMIT {no_limit} OFFSET $3))",
+            user_id, at - self.working_max_age, self.working_limit,
+        )
+
+    async def working(self, user_id: str, *, q: Query = None) -> list[WorkingItem]:
+        rows = await (q or self.db).fetch(
             "SELECT channel, role, content, created_at FROM working_memory"
             " WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at DESC LIMIT $3",
             user_id, now() - self.working_max_age, self.working_limit,
