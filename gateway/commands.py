@@ -50,7 +50,8 @@ async def run_command(text: str, *, formation: str, identifier: object, user_id:
             return (f"This account already belongs to a user with {outcome.others} other linked "
                     "channel(s), so I can't move it; nothing was changed. Unlink it there "
                     "first, or send /link from this account and redeem the code on the other.")
-        return "That code is not valid or has expired. Send /link on your other channel for a new one."
+        return ("That code is not valid or has expired. Send /link on your other channel "
+                "for a new one.")
     code = await linker.issue(formation, user_id)
     return (f"Your link code is {code[:5]}-{code[5:]}. Within {int(CODE_TTL // 60)} minutes, send "
             f"/link {code} from the other channel you want to connect. It works once.")

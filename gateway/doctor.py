@@ -18,7 +18,7 @@ async def _guard(name: str, work: Callable[[], Awaitable[str]], fix: str,
                  timeout: float = 15.0) -> Check:
     try:
         return name, True, await asyncio.wait_for(work(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return name, False, f"no answer within {timeout:.0f}s. {fix}"
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
         return name, False, f"{exc}. {fix}"

@@ -8,7 +8,7 @@ import structlog
 
 from gateway.commands import is_command, run_command
 from gateway.messages import InboundMessage, Reply
-from gateway.responders.base import Changes, Context, Responder, Response
+from gateway.responders.base import Context, Responder, Response
 from gateway.responders.rules import understand
 from identity import IdentityService
 from identity.linking import Linker

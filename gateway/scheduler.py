@@ -63,7 +63,7 @@ class Scheduler:
                 log.exception("scheduler pass failed")
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def stop(self) -> None:

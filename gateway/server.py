@@ -132,7 +132,7 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
     server.startup = startup  # type: ignore[method-assign]
     # uvicorn re-raises SIGTERM after its graceful stop, so the process would die by the
     # signal; handle it here instead and exit 0 once everything is drained.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.handle_exit, sig, None)

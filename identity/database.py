@@ -141,7 +141,7 @@ class PostgresDatabase(Database):
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=pool_size, command_timeout=30
             )
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL at {describe_url(url)}: {exc}"
             ) from exc

@@ -92,7 +92,8 @@ class PostgresIdentityStore:
                 " FOR UPDATE OF i",
                 formation, keys,
             )
-            owners = {r["identifier"]: Owner(r["identifier"], r["public_id"], r["type"]) for r in rows}
+            owners = {r["identifier"]: Owner(r["identifier"], r["public_id"], r["type"])
+                      for r in rows}
             row_ids = {r["public_id"]: r["id"] for r in rows}
             plan = plan_association(idents, owners, user_id)
             created = plan.target is None

@@ -93,7 +93,8 @@ class SqliteIdentityStore:
             for ident in plan.existing:
                 if ident.type and owners[ident.key].type is None:
                     await conn.execute(
-                        "UPDATE user_identifiers SET type = ? WHERE formation_id = ? AND identifier = ?",
+                        "UPDATE user_identifiers SET type = ?"
+                        " WHERE formation_id = ? AND identifier = ?",
                         (ident.type, formation, ident.key),
                     )
         return AssociateResult(target, created, tuple(plan.to_link), tuple(plan.existing))
@@ -150,5 +151,6 @@ class SqliteIdentityStore:
         return row is not None
 
     async def count_users(self, formation: str) -> int:
-        row = await self._db.fetchone("SELECT count(*) FROM users WHERE formation_id = ?", formation)
+        row = await self._db.fetchone("SELECT count(*) FROM users WHERE formation_id = ?",
+                                      formation)
         return int(row[0]) if row else 0

@@ -5,6 +5,7 @@ Listed only as a preview; the secret is decrypted only for the code that uses it
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -43,7 +44,7 @@ class Credentials:
         )
         return credential
 
-    async def list(self, user_id: str) -> list[Credential]:
+    async def list(self, user_id: str) -> builtins.list[Credential]:
         rows = await self.db.fetch(
             "SELECT id, service, name, preview, created_at FROM credentials WHERE user_id = $1"
             " ORDER BY created_at",
@@ -71,7 +72,8 @@ class Credentials:
         try:
             return json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken:
-            raise NotFoundError("credential readable with the configured key", credential_id)
+            raise NotFoundError("credential readable with the configured key",
+                                credential_id) from None
 
     async def delete(self, user_id: str, credential_id: str) -> None:
         async with self.db.transaction() as tx:

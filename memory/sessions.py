@@ -5,6 +5,7 @@ Never shared between conversations: the buffer (last N messages), the context an
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from typing import Any
@@ -72,7 +73,7 @@ class Sessions:
             raise NotFoundError("session", session_id)
         return _session(row)
 
-    async def list(self, user_id: str, limit: int = 20) -> list[Session]:
+    async def list(self, user_id: str, limit: int = 20) -> builtins.list[Session]:
         rows = await self.db.fetch(
             f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1"
             " ORDER BY last_activity DESC LIMIT $2",
@@ -89,7 +90,7 @@ class Sessions:
         await (q or self.db).execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
                                      session_id, now())
 
-    async def add_messages(self, session_id: str, turns: list[tuple[str, str]], *,
+    async def add_messages(self, session_id: str, turns: builtins.list[tuple[str, str]], *,
                            q: Any = None) -> None:
         """Append (role, content) messages to the session buffer, in order."""
         at, seq = now(), time.time_ns()
@@ -110,7 +111,7 @@ class Sessions:
         return message
 
     async def buffer(self, session_id: str, limit: int | None = None, *,
-                     q: Any = None) -> list[SessionMessage]:
+                     q: Any = None) -> builtins.list[SessionMessage]:
         """The session's last messages, oldest first."""
         rows = await (q or self.db).fetch(
             "SELECT id, role, content, created_at FROM session_messages WHERE session_id = $1"
@@ -119,7 +120,8 @@ class Sessions:
         )
         return [SessionMessage(*r) for r in reversed(rows)]
 
-    async def messages(self, session_id: str, limit: int = 50) -> tuple[list[SessionMessage], bool]:
+    async def messages(self, session_id: str,
+                       limit: int = 50) -> tuple[builtins.list[SessionMessage], bool]:
         """Up to `limit` most recent messages, oldest first, and whether there are more."""
         rows = await self.buffer(session_id, limit + 1)
         return rows[-limit:], len(rows) > limit

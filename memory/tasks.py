@@ -7,6 +7,7 @@ died is taken over after the lease expires.
 
 from __future__ import annotations
 
+import builtins
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -80,7 +81,7 @@ class Tasks:
         )
         return task
 
-    async def list(self, user_id: str, *, include_done: bool = False) -> list[Task]:
+    async def list(self, user_id: str, *, include_done: bool = False) -> builtins.list[Task]:
         rows = await self.db.fetch(
             f"SELECT {_COLUMNS} FROM scheduled_tasks WHERE user_id = $1 ORDER BY next_run",
             user_id,
@@ -109,7 +110,8 @@ class Tasks:
         if found is None:
             raise NotFoundError("scheduled job", task_id)
 
-    async def claim_due(self, worker: str, limit: int = 50, at: float | None = None) -> list[Task]:
+    async def claim_due(self, worker: str, limit: int = 50,
+                        at: float | None = None) -> builtins.list[Task]:
         """Take the due tasks for this worker; no other worker gets the same ones."""
         at = now() if at is None else at
         lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""

@@ -49,7 +49,7 @@ async def load_context(db: Database, users: UserMemory, user_id: str, session_id
     rows = await db.fetch(_CONTEXT, user_id, session_id, now() - users.working_max_age,
                           users.working_limit, buffer_size)
     ctx = TurnContext([], "", [], [], [], 0)
-    for part, a, b, c, d, at in rows:
+    for part, a, b, c, _, at in rows:
         if part == "f":
             ctx.facts.append(Fact(a, b, c, at))
         elif part == "s":
@@ -96,7 +96,8 @@ async def store_plain_turn(db: Database, users: UserMemory, user_id: str, channe
                 *args[:7])
             await tx.execute(
                 "INSERT INTO working_memory (id, user_id, channel, role, content, created_at)"
-                " VALUES ($1, $3, $4, 'user', $5, $7), ($2, $3, $4, 'assistant', $6, $7 + 0.000001)",
+                " VALUES ($1, $3, $4, 'user', $5, $7),"
+                " ($2, $3, $4, 'assistant', $6, $7 + 0.000001)",
                 *args[7:], at)
             await tx.execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
                              session_id, at)

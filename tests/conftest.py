@@ -62,7 +62,7 @@ def postgres_url() -> Iterator[str]:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         _missing(f"PostgreSQL at {ADMIN_URL}", exc)
     url = _with_database(ADMIN_URL, name)
     yield url
@@ -151,7 +151,8 @@ async def server(database_url, tmp_path, formation):
                         credentials_key="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
     runtime = await Runtime.open(settings)
     formations = {formation: Formation(formation, ADMIN, CLIENT),
-                  "other": Formation("other", "other-admin-0123456789ab", "other-client-0123456789a")}
+                  "other": Formation("other", "other-admin-0123456789ab",
+                                     "other-client-0123456789a")}
     app = create_app(runtime, formations)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

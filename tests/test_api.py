@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import ADMIN, CLIENT
 
+
 def headers(user=None, key=CLIENT, admin=False):
     h = {"X-Muxi-Admin-Key" if admin else "X-Muxi-Client-Key": ADMIN if admin else key}
     if user:

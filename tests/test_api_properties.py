@@ -6,9 +6,9 @@ import threading
 
 import pytest
 import schemathesis
-from schemathesis import checks
 import uvicorn
 from hypothesis import HealthCheck, given, settings
+from schemathesis import checks
 
 from config.settings import Settings
 from gateway.api.app import create_app

@@ -1,6 +1,7 @@
 """The spec's story end to end through the engine, on SQLite and PostgreSQL."""
 
 import asyncio
+from pathlib import Path
 
 from adapters.inmemory import InMemoryChannel
 from gateway.channels import ChannelRegistry
@@ -140,7 +141,7 @@ async def test_credentials_are_not_stored_in_plain_text(engine, db):
     else:
         path = db.url[len("sqlite:///"):]
         await db.writer.execute("PRAGMA wal_checkpoint(FULL)")
-        raw = open(path, "rb").read() + open(path + "-wal", "rb").read()
+        raw = Path(path).read_bytes() + Path(path + "-wal").read_bytes()
         assert b"SECRETVALUE" not in raw and b"github" in raw
 
 
@@ -201,3 +202,20 @@ async def test_guessing_link_codes_is_rate_limited(engine):
     for _ in range(5):
         assert "not valid" in (await web.push("eve@x.co", "/link WRONGCODE1")).text
     assert "Too many" in (await web.push("eve@x.co", "/link WRONGCODE1")).text
+
+
+async def test_working_memory_is_bounded_in_count_and_age(engine):
+    users = engine.memory.users
+    web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
+    user = (await web.push("a@x.co", "hello")).user_id
+    await engine.identity.associate(engine.formation, [("U1", "slack")], user_id=user)
+    for i in range(30):
+        await (web if i % 2 else slack).push("a@x.co" if i % 2 else ("U1", "slack"), f"hi {i}")
+    items = await users.working(user)
+    assert len(items) == users.working_limit
+    assert {i.channel for i in items} == {"web", "slack"}  # cross-channel context
+    stored = await users.db.fetchval("SELECT count(*) FROM working_memory WHERE user_id = $1",
+                                     user)
+    assert stored <= users.working_limit + 10
+    users.working_max_age = 0.0
+    assert await users.working(user) == []

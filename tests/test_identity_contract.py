@@ -133,7 +133,8 @@ async def test_formations_are_isolated(identity, formation):
 async def test_api_keys_are_stored_hashed_and_listed_by_fingerprint(identity, formation, db):
     result = await identity.associate(formation, ["alice@x.co", ("key_abc123secret", "api_key")])
     assert await identity.resolve(formation, ("key_abc123secret", "api_key")) == result.user_id
-    listed = {i.type: i.identifier for i in await identity.identifiers_of(formation, result.user_id)}
+    items = await identity.identifiers_of(formation, result.user_id)
+    listed = {i.type: i.identifier for i in items}
     assert "key_abc123secret" not in listed["api_key"]
     assert re.fullmatch(r"api_key:…[0-9a-f]{8}", listed["api_key"])
     stored = await _all_identifier_values(db)

@@ -10,6 +10,7 @@ import pytest
 
 from identity import IdentifierParser, IdentityService, store_for
 from identity.cache import IdentityCache, make_backend
+from tests.conftest import TEST_SECRET
 
 WORKER = Path(__file__).parent / "helpers" / "identity_worker.py"
 
@@ -41,7 +42,7 @@ async def test_changes_in_one_process_are_seen_at_once_by_another_sharing_redis(
     database_url, db, formation, redis_url
 ):
     cache = IdentityCache(make_backend(redis_url, max_entries=10), ttl=3600)
-    here = IdentityService(store_for(db), cache, IdentifierParser(b"test-identity-secret-0123456789"))
+    here = IdentityService(store_for(db), cache, IdentifierParser(TEST_SECRET))
     try:
         alice = await here.resolve(formation, "alice@x.co")
         bob = await here.resolve(formation, "bob@x.co")

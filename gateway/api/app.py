@@ -14,6 +14,7 @@ from gateway.api.envelope import install_error_handlers
 from gateway.formations import Formation
 from gateway.runtime import Runtime
 
+
 class ErrorBody(BaseModel):
     """Every error: `code` and `message` at the top level, as the SDKs read them."""
 

@@ -59,9 +59,8 @@ async def user_of(request: Request, f: Formation, rt: Runtime, *, create: bool,
                        {"errors": [{"field": "X-Muxi-User-ID", "msg": "required",
                                     "type": "missing"}]})
     raw = raw.strip()
-    if raw.startswith("usr_"):
-        if await rt.identity.store.user_exists(f.id, raw):
-            return raw
+    if raw.startswith("usr_") and await rt.identity.store.user_exists(f.id, raw):
+        return raw
     return await rt.identity.resolve(f.id, raw, create=create)
 
 
