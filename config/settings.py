@@ -173,6 +173,8 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
             raise ConfigError(f"{source}: a postgres connection_string starts with postgresql://")
         if url:
             values["database_url"] = url
+    if (doc.get("memory") or {}).get("credentials_key"):
+        values["credentials_key"] = doc["memory"]["credentials_key"]
     cache = ((doc.get("identity") or {}).get("cache")) or {}
     for key in ("url", "ttl", "max_entries"):
         if key in cache:

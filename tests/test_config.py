@@ -88,3 +88,19 @@ def test_development_generates_and_keeps_an_identity_secret(tmp_path):
 def test_production_requires_an_identity_secret():
     with pytest.raises(ConfigError, match="THREADLINE_IDENTITY_SECRET"):
         load_settings({"THREADLINE_ENV": "production"}).identity_key()
+
+
+def test_the_production_example_loads_with_its_secrets(tmp_path):
+    example = Path(__file__).parent.parent / "deploy" / "formation.example.yaml"
+    secrets = {name: f"value-{name.lower()}-0123456789abcdef" for name in (
+        "IDENTITY_SECRET", "ADMIN_KEY", "CLIENT_KEY", "WEBCHAT_SECRET", "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "IMAP_PASSWORD",
+        "SMTP_PASSWORD")}
+    secrets.update(POSTGRES_URL="postgresql://u@db/threadline", REDIS_URL="redis://r:6379/0",
+                   CREDENTIALS_KEY="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
+    settings = load_settings({"THREADLINE_FORMATION_FILE": str(example),
+                              "THREADLINE_ENV": "production", **secrets})
+    assert settings.formation_id == "acme" and settings.cache == "redis://r:6379/0"
+    assert set(settings.channels) == {"slack", "telegram", "discord"}  # email: enabled: false
+    assert settings.identity_key() and settings.credential_key()
+    assert "value-slack_bot_token" not in repr(settings)
