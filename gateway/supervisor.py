@@ -110,7 +110,7 @@ class Supervisor:
                             failures=state.failures)
                 await asyncio.sleep(delay)
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 15.0) -> None:
         """Cancel every channel; each adapter drains its in-flight replies on cancellation."""
         tasks = list(self._tasks.values())
         for task in tasks:

@@ -117,9 +117,10 @@ class SlackPeer:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._sockets.append(ws)
-        await ws.send_json({"type": "hello", "num_connections": 1,
-                            "debug_info": {"host": "applink-1", "approximate_connection_time": 18060},
-                            "connection_info": {"app_id": "A1"}})
+        await ws.send_json({
+            "type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"},
+            "debug_info": {"host": "applink-1", "approximate_connection_time": 18060},
+        })
         self._connected.set()
         async for frame in ws:
             if frame.type == WSMsgType.TEXT:

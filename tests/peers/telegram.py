@@ -17,10 +17,11 @@ from typing import Any
 from aiohttp import web
 
 TOKEN = "7000000001:AAE-test-token-for-threadline-tests"
-BOT = {"id": 7000000001, "is_bot": True, "first_name": "Threadline", "username": "threadline_bot",
-       "can_join_groups": True, "can_read_all_group_messages": False,
-       "supports_inline_queries": False, "can_connect_to_business": False,
-       "has_main_web_app": False}
+BOT: dict[str, Any] = {
+    "id": 7000000001, "is_bot": True, "first_name": "Threadline", "username": "threadline_bot",
+    "can_join_groups": True, "can_read_all_group_messages": False,
+    "supports_inline_queries": False, "can_connect_to_business": False, "has_main_web_app": False,
+}
 
 
 class TelegramPeer:
@@ -43,15 +44,15 @@ class TelegramPeer:
 
     async def push(self, update: Mapping[str, Any]) -> dict[str, Any]:
         """Queue an update (its update_id is assigned here) for the next getUpdates."""
-        update = copy.deepcopy(dict(update))
-        update["update_id"] = next(self._update_ids)
-        message = update.get("message") or {}
+        queued: dict[str, Any] = copy.deepcopy(dict(update))
+        queued["update_id"] = next(self._update_ids)
+        message = queued.get("message") or {}
         if "chat" in message:
             self._chats[message["chat"]["id"]] = message["chat"]
         async with self._changed:
-            self._updates.append(update)
+            self._updates.append(queued)
             self._changed.notify_all()
-        return update
+        return queued
 
     def remember_chat(self, chat: Mapping[str, Any]) -> None:
         self._chats[chat["id"]] = dict(chat)

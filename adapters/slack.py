@@ -1,0 +1,283 @@
+"""Slack through slack-bolt: the Events API over HTTP (routes()), or Socket Mode in run().
+
+Direct messages and mentions in channels are answered in the message's thread. A Slack
+user seen for the first time is matched by their profile email (users.info) to the user who
+already owns that address, so someone known from the web is recognised on Slack at once.
+
+    channels:
+      slack:
+        bot_token: xoxb-…
+        signing_secret: …          # http mode
+        app_token: xapp-…          # socket mode
+        mode: http                 # or socket
+        path: /slack/events
+        api_url: https://slack.com/api/
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import structlog
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from adapters._common import InFlight, choice, number, setting, split_text
+from gateway.engine import Engine
+from gateway.messages import InboundMessage, OutboundMessage
+from gateway.supervisor import AdapterConfigError
+from identity import IdentifierConflictError, InvalidIdentifierError
+
+log = structlog.get_logger("threadline.channels.slack")
+
+CHANNEL = "slack"
+DEFAULT_API_URL = "https://slack.com/api/"
+DEFAULT_PATH = "/slack/events"
+# chat.postMessage truncates at 40,000 characters; Slack advises staying under 4,000.
+MESSAGE_LIMIT = 4000
+# Subtypes that are still a person writing; every other subtype (bot_message,
+# message_changed, channel_join, …) is not a message to answer.
+_PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+_AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
+                          "token_expired", "not_allowed_token_type"})
+
+
+# --- pure: Slack events to messages and back ----------------------------------------------
+
+def strip_mention(text: str, bot_user_id: str | None) -> str:
+    """Remove the leading "<@BOT>" (or "<@BOT|name>") that addresses the bot."""
+    if bot_user_id:
+        text = re.sub(rf"^\s*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>[\s,:]*", "", text)
+    return text.strip()
+
+
+def inbound_from_event(body: Mapping[str, Any], *, bot_user_id: str | None,
+                       formation: str | None = None) -> InboundMessage | None:
+    """An Events API envelope as a message to answer, or None when it is not one for us:
+    only direct messages (message.im) and mentions (app_mention) from people count."""
+    event = body.get("event")
+    if not isinstance(event, Mapping) or event.get("type") not in ("message", "app_mention"):
+        return None
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    if event.get("bot_id") or event.get("subtype") not in _PERSON_SUBTYPES:
+        return None
+    if not user or not channel or not ts or user == bot_user_id:
+        return None
+    direct = event["type"] == "message"
+    if direct and event.get("channel_type") != "im":
+        return None  # in channels the mention arrives (again) as app_mention
+    text = strip_mention(event.get("text") or "", bot_user_id)
+    if not text:
+        return None
+    thread_ts = event.get("thread_ts") or ts
+    return InboundMessage(
+        channel=CHANNEL,
+        identifier=(user, "slack"),
+        conversation=conversation_key(channel, None if direct else thread_ts),
+        text=text,
+        # Slack's retries of one event carry the same event_id; the engine answers it once.
+        message_id=body.get("event_id") or event.get("client_msg_id") or f"{channel}:{ts}",
+        formation=formation,
+        extras={"channel": channel, "thread_ts": thread_ts, "ts": ts,
+                "team": event.get("team") or body.get("team_id")},
+    )
+
+
+def conversation_key(channel: str, thread_ts: str | None) -> str:
+    """A channel thread is "C123:1700000000.000100"; a direct message channel is "D123"."""
+    return f"{channel}:{thread_ts}" if thread_ts else channel
+
+
+def parse_conversation(key: str) -> tuple[str, str | None]:
+    channel, _, thread_ts = key.partition(":")
+    return channel, thread_ts or None
+
+
+def profile_email(user_info: Mapping[str, Any]) -> str | None:
+    """The confirmed email of a person from a users.info answer; None for bots and the rest."""
+    user = user_info.get("user")
+    if not isinstance(user, Mapping) or user.get("is_bot") or user.get("deleted"):
+        return None
+    if user.get("is_email_confirmed") is False:
+        return None
+    email = (user.get("profile") or {}).get("email")
+    return email.strip() if isinstance(email, str) and "@" in email else None
+
+
+def escape(text: str) -> str:
+    """Slack reads &, < and > as markup; a reply means them literally."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def post_calls(text: str, channel: str, thread_ts: str | None) -> list[dict[str, Any]]:
+    """The chat.postMessage arguments that say `text`, split at Slack's limit."""
+    calls = []
+    for piece in split_text(text, MESSAGE_LIMIT):
+        call: dict[str, Any] = {"channel": channel, "text": escape(piece)}
+        if thread_ts:
+            call["thread_ts"] = thread_ts
+        calls.append(call)
+    return calls
+
+
+# --- the adapter -----------------------------------------------------------------------------
+
+class SlackAdapter:
+    name = CHANNEL
+
+    def __init__(self, engine: Engine, *, bot_token: str, signing_secret: str | None = None,
+                 app_token: str | None = None, mode: str = "http",
+                 api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
+                 formation: str | None = None, drain_timeout: float = 10.0) -> None:
+        self.engine = engine
+        self.mode = mode
+        self.path = path
+        self.formation = formation
+        self.drain_timeout = drain_timeout
+        self._app_token = app_token
+        self.client = AsyncWebClient(
+            token=bot_token, base_url=api_url if api_url.endswith("/") else api_url + "/",
+            retry_handlers=[AsyncConnectionErrorRetryHandler(),
+                            AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+        )
+        self.app = AsyncApp(client=self.client, signing_secret=signing_secret or "",
+                            request_verification_enabled=mode == "http", name="threadline")
+        self.app.event("message")(self._on_event)
+        self.app.event("app_mention")(self._on_event)
+        self._handler = AsyncSlackRequestHandler(self.app)
+        self._inflight = InFlight(CHANNEL)
+        self._known: set[str] = set()  # Slack ids whose first contact was already checked
+        self._first_contact: dict[str, asyncio.Lock] = {}
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"SlackAdapter(mode={self.mode!r}, api_url={self.client.base_url!r})"
+
+    def routes(self) -> list[BaseRoute]:
+        if self.mode != "http":
+            return []
+        return [Route(self.path, self._events, methods=["POST"])]
+
+    async def _events(self, request: Request) -> Response:
+        if self._stopping:  # Slack retries elsewhere or later
+            return Response(status_code=503)
+        return await self._handler.handle(request)
+
+    async def run(self) -> None:
+        await self.check()
+        self._stopping = False
+        try:
+            if self.mode == "socket":
+                await self._run_socket_mode()
+            else:
+                await asyncio.Event().wait()  # events arrive through routes()
+        finally:
+            self._stopping = True
+            await self._inflight.drain(self.drain_timeout)
+
+    async def _run_socket_mode(self) -> None:
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        handler = AsyncSocketModeHandler(self.app, self._app_token, web_client=self.client)
+        try:
+            await handler.connect_async()
+            log.info("slack socket mode connected")
+            await asyncio.Event().wait()
+        finally:
+            await handler.close_async()
+
+    async def check(self) -> str:
+        try:
+            answer = await self.client.auth_test()
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error in _AUTH_ERRORS:
+                raise AdapterConfigError(
+                    f"channels.slack.bot_token was rejected by Slack ({error})") from None
+            raise
+        return f"slack: bot @{answer.get('user')} in team {answer.get('team_id')}"
+
+    async def deliver(self, message: OutboundMessage) -> None:
+        channel, thread_ts = parse_conversation(message.conversation)
+        await self._say(message.text, channel, thread_ts)
+
+    async def _on_event(self, body: dict[str, Any], context: Any) -> None:
+        message = inbound_from_event(body, bot_user_id=context.bot_user_id,
+                                     formation=self.formation)
+        if message is not None:
+            self._inflight.spawn(self._answer(message), key=message.conversation)
+
+    async def _answer(self, message: InboundMessage) -> None:
+        await self._recognise(message)
+        reply = await self.engine.handle(message)
+        if reply is not None:
+            await self._say(reply.text, message.extras["channel"], message.extras["thread_ts"])
+
+    async def _say(self, text: str, channel: str, thread_ts: str | None) -> None:
+        for call in post_calls(text, channel, thread_ts):
+            await self.client.chat_postMessage(**call)
+
+    async def _recognise(self, message: InboundMessage) -> None:
+        """On first contact, link the Slack id to whoever owns its profile email."""
+        slack_id = message.identifier[0]
+        if slack_id in self._known:
+            return
+        lock = self._first_contact.setdefault(slack_id, asyncio.Lock())
+        async with lock:
+            if slack_id in self._known:
+                return
+            formation = message.formation or self.engine.formation
+            identity = self.engine.identity
+            if await identity.resolve(formation, message.identifier, create=False) is None:
+                email = await self._email_of(slack_id)
+                if email is not None:
+                    try:
+                        result = await identity.associate(
+                            formation, [email, message.identifier], user_id=None)
+                        log.info("slack user matched by email", user_id=result.user_id,
+                                 created_user=result.created_user)
+                    except IdentifierConflictError as exc:
+                        log.warning("slack email match refused", reason=str(exc))
+                    except InvalidIdentifierError as exc:
+                        log.warning("slack profile email unusable", reason=str(exc))
+            self._known.add(slack_id)
+        self._first_contact.pop(slack_id, None)
+
+    async def _email_of(self, slack_id: str) -> str | None:
+        try:
+            answer = await self.client.users_info(user=slack_id)
+        except SlackApiError as exc:  # e.g. missing_scope without users:read.email
+            log.warning("slack profile unavailable", error=exc.response.get("error"))
+            return None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # answered all the same
+            log.warning("slack profile unavailable", error=repr(exc))
+            return None
+        return profile_email(answer.data) if isinstance(answer.data, dict) else None
+
+
+def create(config: Mapping[str, Any], engine: Engine) -> SlackAdapter:
+    mode = choice(config, CHANNEL, "mode", ("http", "socket"))
+    bot_token = setting(config, CHANNEL, "bot_token", required=True)
+    signing_secret = setting(config, CHANNEL, "signing_secret", required=mode == "http")
+    app_token = setting(config, CHANNEL, "app_token", required=mode == "socket")
+    assert bot_token is not None
+    return SlackAdapter(
+        engine, bot_token=bot_token, signing_secret=signing_secret, app_token=app_token,
+        mode=mode, api_url=setting(config, CHANNEL, "api_url") or DEFAULT_API_URL,
+        path=setting(config, CHANNEL, "path", DEFAULT_PATH) or DEFAULT_PATH,
+        formation=setting(config, CHANNEL, "formation"),
+        drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
+    )

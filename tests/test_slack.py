@@ -1,0 +1,418 @@
+"""Slack end to end: slack-bolt behind a real uvicorn server, a Slack Web API stand-in,
+events signed as Slack signs them; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from slack_sdk.signature import SignatureVerifier
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from adapters import slack
+from adapters.inmemory import InMemoryChannel
+from gateway.messages import OutboundMessage
+from gateway.responders.base import Response
+from gateway.supervisor import AdapterConfigError
+from tests.peers.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, SlackPeer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "slack"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+
+def fixture(name: str, **event: Any) -> dict[str, Any]:
+    """A stored Slack payload; keyword arguments replace fields of its event, `event_id`
+    replaces the envelope's."""
+    body = json.loads((FIXTURES / f"{name}.json").read_text())
+    if "event_id" in event:
+        body["event_id"] = event.pop("event_id")
+    body.get("event", {}).update(event)
+    return body
+
+
+@asynccontextmanager
+async def serving(routes: list[BaseRoute]) -> AsyncIterator[str]:
+    """The routes on a real uvicorn server on 127.0.0.1; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=0,
+                                           log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(5):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class Slack:
+    adapter: slack.SlackAdapter
+    peer: SlackPeer
+    url: str
+
+    async def send(self, body: Mapping[str, Any], *, secret: str = SIGNING_SECRET,
+                   timestamp: int | None = None, headers: Mapping[str, str] | None = None,
+                   ) -> httpx.Response:
+        """POST an event as Slack does: raw JSON body, timestamp and v0 signature headers."""
+        raw = json.dumps(body)
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=raw)
+        assert signature is not None
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            return await client.post(
+                self.url + "/slack/events", content=raw,
+                headers={"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
+                         "X-Slack-Signature": signature, **(headers or {})})
+
+    async def dm(self, text: str, *, user: str = "U98765ABC", n: int, **event: Any) -> dict:
+        """Send a direct message (the n-th of the test) and wait for the n-th reply."""
+        ts = f"17000000{n:02d}.000100"
+        answer = await self.send(fixture("message_im", text=text, user=user, ts=ts,
+                                         event_ts=ts, event_id=f"Ev0DM{n:07d}", **event))
+        assert answer.status_code == 200
+        return (await self.peer.wait_posted(n))[n - 1]
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[SlackPeer]:
+    peer = SlackPeer()
+    await peer.start()
+    yield peer
+    await peer.stop()
+
+
+@asynccontextmanager
+async def running(engine, peer: SlackPeer, **config: Any) -> AsyncIterator[Slack]:
+    adapter = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
+                            "api_url": peer.url + "api/", **config}, engine)
+    run = asyncio.create_task(adapter.run())
+    try:
+        async with serving(adapter.routes()) as url:
+            yield Slack(adapter, peer, url)
+    finally:
+        await stop(run)
+
+
+@pytest.fixture
+async def bot(engine, peer: SlackPeer) -> AsyncIterator[Slack]:
+    async with running(engine, peer) as harness:
+        yield harness
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+async def test_a_direct_message_is_answered_in_its_thread(bot: Slack):
+    answer = await bot.send(fixture("message_im"))
+    assert answer.status_code == 200
+    [posted] = await bot.peer.wait_posted(1)
+    assert posted["channel"] == "D0123DMCH"
+    assert posted["thread_ts"] == "1700000000.000100"
+    assert "$5,000" in posted["text"]
+    assert bot.peer.calls_to("auth.test")  # bolt learnt who the bot is
+
+
+async def test_a_mention_in_a_channel_is_answered_in_the_thread_without_the_mention(bot: Slack,
+                                                                                    engine):
+    await bot.dm("my color is teal", n=1)
+    assert (await bot.send(fixture("app_mention"))).status_code == 200
+    assert (await bot.send(fixture("app_mention_in_thread"))).status_code == 200
+    _, first, second = await bot.peer.wait_posted(3)
+    assert first["channel"] == second["channel"] == "C0123GENRL"
+    assert first["thread_ts"] == second["thread_ts"] == "1700000100.000200"
+    assert "teal" in second["text"]
+    # One Slack thread is one session, whose buffer holds the text without "<@UBOT>".
+    user_id = await engine.identity.resolve(engine.formation, ("U98765ABC", "slack"))
+    sessions = await engine.memory.sessions.list(user_id)
+    thread = [s for s in sessions if s.conversation == "C0123GENRL:1700000100.000200"]
+    assert len(thread) == 1
+    buffer = await engine.memory.sessions.buffer(thread[0].id)
+    assert [m.content for m in buffer if m.role == "user"] == ["what's my budget?",
+                                                               "what's my color?"]
+
+
+async def test_a_user_known_by_email_from_the_web_is_recognised_on_first_contact(
+        engine, peer: SlackPeer):
+    web = InMemoryChannel(engine, "web")
+    alice = await engine.identity.resolve(engine.formation, "alice@acme.com")
+    told = await web.push("alice@acme.com", "my budget is $5,000")
+    assert told is not None and told.user_id == alice
+    peer.add_user("U0ALICE01", "Alice@Acme.com")
+    async with running(engine, peer) as bot:
+        asked = await bot.dm("what's my budget?", user="U0ALICE01", n=1)
+        assert "$5,000" in asked["text"]
+        await bot.dm("hello", user="U0ALICE01", n=2)
+    identity = engine.identity
+    assert await identity.resolve(engine.formation, ("U0ALICE01", "slack"), create=False) == alice
+    assert len(peer.calls_to("users.info")) == 1  # checked once, not on every message
+
+
+async def test_a_new_slack_user_is_created_with_the_profile_email(bot: Slack, engine):
+    bot.peer.add_user("U0NEWBIE1", "newbie@acme.com", name="newbie")
+    await bot.dm("my budget is $10", user="U0NEWBIE1", n=1)
+    web = InMemoryChannel(engine, "web")
+    asked = await web.push("newbie@acme.com", "what's my budget?")
+    assert asked is not None and "$10" in asked.text
+
+
+async def test_without_a_profile_email_the_user_is_answered_all_the_same(bot: Slack, engine):
+    bot.peer.add_user("U0NOMAIL1", None)
+    await bot.dm("my budget is $10", user="U0NOMAIL1", n=1)
+    # users.info refusing (no such user, or no users:read.email scope) changes nothing either.
+    assert "$10" in (await bot.dm("what's my budget?", user="U0NOMAIL1", n=2))["text"]
+    assert "don't" in (await bot.dm("what's my budget?", user="U0UNKNOWN", n=3))["text"]
+    assert len(bot.peer.calls_to("users.info")) == 2
+
+
+async def test_a_forged_signature_or_a_replayed_timestamp_is_rejected(bot: Slack):
+    body = fixture("message_im")
+    forged = await bot.send(body, secret="not-the-signing-secret")
+    replayed = await bot.send(body, timestamp=int(time.time()) - 6 * 60)
+    assert (forged.status_code, replayed.status_code) == (401, 401)
+    # Neither reached the engine: the same event, properly signed, is answered (once).
+    assert (await bot.send(body)).status_code == 200
+    assert len(await bot.peer.wait_posted(1)) == 1
+    await bot.dm("hello", n=2)
+    assert len(bot.peer.posted) == 2
+
+
+async def test_a_slack_retry_of_one_event_gets_one_reply(bot: Slack):
+    body = fixture("message_im")
+    first = await bot.send(body)
+    retry = await bot.send(body, headers={"X-Slack-Retry-Num": "1",
+                                          "X-Slack-Retry-Reason": "http_timeout"})
+    assert first.status_code == retry.status_code == 200
+    await bot.peer.wait_posted(1)
+    await bot.dm("hello", n=2)  # a later event is answered after it: nothing else was queued
+    assert [p["thread_ts"] for p in bot.peer.posted] == ["1700000000.000100",
+                                                         "1700000002.000100"]
+
+
+async def test_messages_of_bots_and_of_itself_and_edits_are_ignored(bot: Slack, engine):
+    for name in ("bot_message", "own_message", "message_changed", "message_channel"):
+        assert (await bot.send(fixture(name))).status_code == 200
+    await bot.dm("hello", n=1)
+    assert len(bot.peer.posted) == 1
+    assert bot.peer.calls_to("users.info") == [{"user": "U98765ABC"}]
+    assert "$9,999" not in (await bot.dm("what's my budget?", n=2))["text"]
+
+
+async def test_url_verification_is_answered_with_the_challenge(bot: Slack):
+    answer = await bot.send(fixture("url_verification"))
+    assert answer.status_code == 200
+    assert answer.json() == {"challenge": fixture("url_verification")["challenge"]}
+
+
+async def test_a_rate_limited_post_is_retried_after_the_wait_slack_asks_for(bot: Slack):
+    bot.peer.rate_limited["chat.postMessage"] = 1
+    started = time.monotonic()
+    posted = await bot.dm("hello", n=1)
+    assert posted["channel"] == "D0123DMCH"
+    assert len(bot.peer.calls_to("chat.postMessage")) == 2
+    assert time.monotonic() - started >= 1  # Retry-After: 1 was honoured
+
+
+async def test_deliver_posts_into_the_conversation_s_thread(bot: Slack):
+    await bot.adapter.deliver(OutboundMessage("slack", "C0123GENRL:1700000100.000200",
+                                              "⏰ Reminder: stretch & <breathe>", "usr_x"))
+    await bot.adapter.deliver(OutboundMessage("slack", "D0123DMCH", "⏰ Reminder: drink",
+                                              "usr_x"))
+    thread, direct = await bot.peer.wait_posted(2)
+    assert thread == {"channel": "C0123GENRL", "thread_ts": "1700000100.000200",
+                      "text": "⏰ Reminder: stretch &amp; &lt;breathe&gt;"}
+    assert direct == {"channel": "D0123DMCH", "text": "⏰ Reminder: drink"}
+
+
+async def test_a_fact_told_on_slack_is_recalled_on_telegram_after_linking(bot: Slack, engine):
+    from adapters import telegram
+    from tests.peers.telegram import TOKEN, TelegramPeer
+
+    told = await bot.dm("my budget is $5,000", n=1)
+    assert "$5,000" in told["text"]
+    alice = await engine.identity.resolve(engine.formation, ("U98765ABC", "slack"))
+    await engine.identity.associate(engine.formation, [("4242", "telegram")], user_id=alice)
+
+    tg_peer = TelegramPeer()
+    api_url = await tg_peer.start()
+    adapter = telegram.create({"token": TOKEN, "api_url": api_url, "poll_timeout": 1}, engine)
+    run = asyncio.create_task(adapter.run())
+    try:
+        tg_fixture = Path(__file__).parent / "fixtures" / "telegram" / "private_message.json"
+        await tg_peer.push(json.loads(tg_fixture.read_text()))
+        [sent] = await tg_peer.wait_sent(1)
+    finally:
+        await stop(run)
+        await tg_peer.stop()
+    assert sent["chat_id"] == "4242"
+    assert "$5,000" in sent["text"]
+
+
+async def test_shutdown_lets_a_reply_in_flight_finish(engine, peer: SlackPeer):
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class Slow:
+        name = "slow"
+
+        async def respond(self, context, changes) -> Response:
+            entered.set()
+            await gate.wait()
+            return Response("done thinking", changes)
+
+    engine.responder = Slow()
+    adapter = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
+                            "api_url": peer.url + "api/"}, engine)
+    run = asyncio.create_task(adapter.run())
+    async with serving(adapter.routes()) as url:
+        harness = Slack(adapter, peer, url)
+        assert (await harness.send(fixture("message_im"))).status_code == 200
+        async with asyncio.timeout(10):
+            await entered.wait()
+        run.cancel()
+        await asyncio.sleep(0.05)
+        assert not run.done()  # draining
+        # While draining, new events are refused so that Slack redelivers them later.
+        assert (await harness.send(fixture("app_mention"))).status_code == 503
+        gate.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(run, return_exceptions=True)
+    assert [p["text"] for p in peer.posted] == ["done thinking"]
+
+
+async def test_shutdown_gives_up_on_a_reply_after_the_drain_timeout(engine, peer: SlackPeer):
+    class Stuck:
+        name = "stuck"
+
+        async def respond(self, context, changes) -> Response:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    engine.responder = Stuck()
+    async with running(engine, peer, drain_timeout=0.2) as bot:
+        assert (await bot.send(fixture("message_im"))).status_code == 200
+        async with asyncio.timeout(10):
+            while not peer.calls_to("users.info"):
+                await asyncio.sleep(0.01)
+    assert peer.posted == []
+
+
+async def test_socket_mode_receives_events_over_the_websocket(engine, peer: SlackPeer):
+    adapter = slack.create({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "mode": "socket",
+                            "api_url": peer.url + "api/"}, engine)
+    assert adapter.routes() == []
+    run = asyncio.create_task(adapter.run())
+    try:
+        envelope = await peer.push_socket_event(fixture("message_im"))
+        [posted] = await peer.wait_posted(1)
+        assert "$5,000" in posted["text"] and posted["thread_ts"] == "1700000000.000100"
+        assert envelope in peer.acks
+        assert peer.calls_to("apps.connections.open")
+    finally:
+        await stop(run)
+
+
+async def test_check_reports_the_bot_and_rejects_a_bad_token(engine, peer: SlackPeer):
+    good = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
+                         "api_url": peer.url + "api/"}, engine)
+    assert await good.check() == "slack: bot @threadline in team T1"
+    bad = slack.create({"bot_token": "xoxb-wrong", "signing_secret": SIGNING_SECRET,
+                        "api_url": peer.url + "api/"}, engine)
+    with pytest.raises(AdapterConfigError, match="bot_token"):
+        await bad.check()
+    with pytest.raises(AdapterConfigError, match="bot_token"):
+        await bad.run()
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("config", "missing"), [
+    ({"signing_secret": "s"}, "channels.slack.bot_token"),
+    ({"bot_token": "xoxb-1"}, "channels.slack.signing_secret"),
+    ({"bot_token": "xoxb-1", "mode": "socket"}, "channels.slack.app_token"),
+    ({"bot_token": "xoxb-1", "signing_secret": "s", "mode": "rtm"}, "channels.slack.mode"),
+])
+def test_missing_settings_are_named(config, missing):
+    with pytest.raises(AdapterConfigError, match=missing.replace(".", r"\.")):
+        slack.create(config, engine=None)  # type: ignore[arg-type]
+
+
+def test_secrets_stay_out_of_the_repr():
+    adapter = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET},
+                           engine=None)  # type: ignore[arg-type]
+    assert BOT_TOKEN not in repr(adapter) and SIGNING_SECRET not in repr(adapter)
+    assert [route.path for route in adapter.routes()] == ["/slack/events"]  # type: ignore
+
+
+# --- pure functions on stored payloads ----------------------------------------------------------
+
+def test_a_direct_message_becomes_an_inbound_message():
+    message = slack.inbound_from_event(fixture("message_im"), bot_user_id=BOT_USER_ID)
+    assert message is not None
+    assert message.channel == "slack" and message.identifier == ("U98765ABC", "slack")
+    assert message.conversation == "D0123DMCH"  # a DM is one conversation
+    assert message.message_id == "Ev0IMBUDGET1"
+    assert message.text == "my budget is $5,000"
+    assert message.extras["thread_ts"] == "1700000000.000100"
+
+
+def test_mentions_are_keyed_by_thread_and_lose_the_leading_mention():
+    top = slack.inbound_from_event(fixture("app_mention"), bot_user_id=BOT_USER_ID)
+    reply = slack.inbound_from_event(fixture("app_mention_in_thread"), bot_user_id=BOT_USER_ID)
+    assert top is not None and reply is not None
+    assert top.conversation == reply.conversation == "C0123GENRL:1700000100.000200"
+    assert (top.text, reply.text) == ("what's my budget?", "what's my color?")
+
+
+@pytest.mark.parametrize("name", ["bot_message", "own_message", "message_changed",
+                                  "message_channel", "url_verification"])
+def test_events_not_for_us_become_nothing(name):
+    assert slack.inbound_from_event(fixture(name), bot_user_id=BOT_USER_ID) is None
+
+
+def test_a_mention_with_nothing_else_is_not_a_message():
+    body = fixture("app_mention", text="<@UBOT>")
+    assert slack.inbound_from_event(body, bot_user_id=BOT_USER_ID) is None
+
+
+def test_profile_email_comes_only_from_people_with_a_confirmed_address():
+    info = fixture("users_info")
+    assert slack.profile_email(info) == "Alice@Acme.com"
+    for change in ({"is_bot": True}, {"deleted": True}, {"is_email_confirmed": False},
+                   {"profile": {"display_name": "alice"}}):
+        changed = copy.deepcopy(info)
+        changed["user"].update(change)
+        assert slack.profile_email(changed) is None, change
+
+
+def test_conversation_keys_round_trip():
+    assert slack.parse_conversation("C1:1700000000.000100") == ("C1", "1700000000.000100")
+    assert slack.parse_conversation("D1") == ("D1", None)
+    assert slack.conversation_key("C1", "1.2") == "C1:1.2"
+
+
+def test_long_replies_are_split_into_several_posts_at_paragraphs():
+    paragraphs = [f"Paragraph {i}. " + "word " * 150 for i in range(12)]
+    calls = slack.post_calls("\n\n".join(paragraphs), "C1", "1.2")
+    assert len(calls) > 1
+    assert all(len(c["text"]) <= slack.MESSAGE_LIMIT for c in calls)
+    assert all(c["text"].startswith("Paragraph") for c in calls)  # cut between paragraphs
+    assert all(c["thread_ts"] == "1.2" and c["channel"] == "C1" for c in calls)
+    rejoined = " ".join(" ".join(c["text"] for c in calls).split())
+    assert rejoined == " ".join(" ".join(paragraphs).split())

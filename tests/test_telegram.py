@@ -1,0 +1,360 @@
+"""Telegram end to end: python-telegram-bot against a Bot API stand-in, by long polling and by
+a webhook route on a real uvicorn server; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+from telegram.error import RetryAfter
+
+from adapters import telegram
+from adapters._common import split_text
+from gateway.messages import OutboundMessage
+from gateway.responders.base import Response
+from gateway.supervisor import AdapterConfigError
+from tests.peers.telegram import BOT, TOKEN, TelegramPeer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
+SECRET = "s3cr3t-token_for-webhooks"
+GROUP = -1001234567890
+# PTB 22 itself warns when it builds RetryAfter with int seconds (until PTB_TIMEDELTA is the
+# default); that is the library talking to itself, not something the adapter can change.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Deprecated since version v22.2:telegram.warnings.PTBDeprecationWarning")
+
+
+def fixture(name: str, **message: Any) -> dict[str, Any]:
+    """A stored update; keyword arguments replace fields of its message."""
+    update = json.loads((FIXTURES / f"{name}.json").read_text())
+    if "message" in update:
+        update["message"].update(message)
+    return update
+
+
+def private(text: str, message_id: int, user: int = 4242) -> dict[str, Any]:
+    update = fixture("private_message", text=text, message_id=message_id)
+    update["message"]["from"]["id"] = update["message"]["chat"]["id"] = user
+    return update
+
+
+@asynccontextmanager
+async def serving(routes: list[BaseRoute]) -> AsyncIterator[str]:
+    """The routes on a real uvicorn server on 127.0.0.1; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=0,
+                                           log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(5):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[TelegramPeer]:
+    peer = TelegramPeer()
+    await peer.start()
+    yield peer
+    await peer.stop()
+
+
+@asynccontextmanager
+async def polling(engine, peer: TelegramPeer, **config: Any
+                  ) -> AsyncIterator[telegram.TelegramAdapter]:
+    adapter = telegram.create({"token": TOKEN, "api_url": peer.url, "poll_timeout": 1,
+                               **config}, engine)
+    run = asyncio.create_task(adapter.run())
+    try:
+        yield adapter
+    finally:
+        await stop(run)
+
+
+@pytest.fixture
+async def bot(engine, peer: TelegramPeer) -> AsyncIterator[telegram.TelegramAdapter]:
+    async with polling(engine, peer) as adapter:
+        yield adapter
+
+
+# --- long polling -------------------------------------------------------------------------------
+
+async def test_a_private_message_is_answered_by_long_polling(bot, peer: TelegramPeer):
+    await peer.push(private("my budget is $5,000", 101))
+    await peer.push(private("what's my budget?", 102))
+    told, asked = await peer.wait_sent(2)
+    assert told["chat_id"] == asked["chat_id"] == "4242"
+    assert "$5,000" in asked["text"]
+    assert "reply_parameters" not in asked  # a private chat needs no quoting
+    assert peer.calls_to("deleteWebhook")  # polling made sure no webhook was set
+    offsets = [int(c.get("offset") or 0) for c in peer.calls_to("getUpdates")]
+    assert offsets == sorted(offsets)
+
+
+async def test_group_messages_are_answered_only_when_addressed_to_the_bot(bot, peer, engine):
+    for name in ("group_unaddressed", "group_mention", "group_reply_to_bot", "group_command"):
+        await peer.push(fixture(name))
+    mention, reply, command = await peer.wait_sent(3)
+    assert all(m["chat_id"] == str(GROUP) for m in (mention, reply, command))
+    assert mention["reply_parameters"]["message_id"] == 202  # quotes what it answers
+    assert reply["reply_parameters"]["message_id"] == 204
+    assert command["text"].startswith("You are linked on")  # "/whoami@bot" reached the engine
+    await peer.push(private("hello", 103))  # later messages still flow, nothing else was sent
+    await peer.wait_sent(4)
+    assert len(peer.sent) == 4
+    assert await engine.identity.resolve(engine.formation, ("5151", "telegram"),
+                                         create=False) is None  # Bob was never a user
+
+
+async def test_a_dropped_long_poll_is_reconnected_without_losing_the_next_message(bot, peer):
+    await peer.push(private("my color is teal", 101))
+    await peer.wait_sent(1)
+    peer.drop_polls = 1
+    await peer.push(private("what's my color?", 102))
+    _, after = await peer.wait_sent(2)
+    assert "teal" in after["text"]
+    assert peer.dropped == 1
+
+
+async def test_a_reply_over_4096_characters_is_split_into_several_messages(engine, peer):
+    long_text = "\n\n".join(f"Part {i}: " + "lorem ipsum dolor sit amet " * 40
+                            for i in range(10))
+    assert len(long_text) > 4096 * 2
+
+    class Long:
+        name = "long"
+
+        async def respond(self, context, changes) -> Response:
+            return Response(long_text if context.text == "tell me everything" else "hi", changes)
+
+    engine.responder = Long()
+    async with polling(engine, peer):
+        await peer.push(private("tell me everything", 101))
+        await peer.wait_sent(4)
+        await peer.push(private("hello", 102))  # answered after every piece of the first
+        await peer.wait_sent(5)
+    pieces = peer.sent[:-1]
+    assert len(peer.sent) == 5
+    assert all(len(m["text"]) <= 4096 and m["text"].startswith("Part") for m in pieces)
+    assert " ".join(" ".join(m["text"] for m in pieces).split()) == " ".join(long_text.split())
+
+
+async def test_flood_control_is_waited_out_and_the_message_sent(bot, peer: TelegramPeer):
+    peer.rate_limited = 1
+    started = time.monotonic()
+    await peer.push(private("hello", 101))
+    [sent] = await peer.wait_sent(1)
+    assert sent["chat_id"] == "4242"
+    assert len(peer.calls_to("sendMessage")) == 2
+    assert time.monotonic() - started >= 1  # retry_after: 1 was honoured
+
+
+async def test_shutdown_stops_polling_cleanly_and_lets_a_reply_finish(engine, peer):
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class Slow:
+        name = "slow"
+
+        async def respond(self, context, changes) -> Response:
+            entered.set()
+            await gate.wait()
+            return Response("done thinking", changes)
+
+    engine.responder = Slow()
+    adapter = telegram.create({"token": TOKEN, "api_url": peer.url, "poll_timeout": 1}, engine)
+    run = asyncio.create_task(adapter.run())
+    pushed = await peer.push(private("hello", 101))
+    async with asyncio.timeout(10):
+        await entered.wait()
+    run.cancel()
+    await asyncio.sleep(0.05)
+    assert not run.done()
+    gate.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(run, return_exceptions=True)
+    assert [m["text"] for m in peer.sent] == ["done thinking"]
+    # The last getUpdates confirmed the update, so a restart does not fetch it again.
+    last = peer.calls_to("getUpdates")[-1]
+    assert (int(last["offset"]), last["timeout"]) == (pushed["update_id"] + 1, "0")
+
+
+async def test_deliver_sends_to_the_chat(bot, peer: TelegramPeer):
+    async with asyncio.timeout(10):
+        while bot.application is None or not bot.application.running:
+            await asyncio.sleep(0.01)
+    await bot.deliver(OutboundMessage("telegram", "4242", "⏰ Reminder: stretch", "usr_x"))
+    [sent] = await peer.wait_sent(1)
+    assert sent == {"chat_id": "4242", "text": "⏰ Reminder: stretch"}
+
+
+async def test_deliver_works_while_not_running(engine, peer: TelegramPeer):
+    adapter = telegram.create({"token": TOKEN, "api_url": peer.url}, engine)
+    await adapter.deliver(OutboundMessage("telegram", "4242", "⏰ Reminder", "usr_x"))
+    assert [m["text"] for m in await peer.wait_sent(1)] == ["⏰ Reminder"]
+
+
+async def test_check_reports_the_bot_and_rejects_a_bad_token(engine, peer: TelegramPeer):
+    good = telegram.create({"token": TOKEN, "api_url": peer.url}, engine)
+    assert await good.check() == "telegram: bot @threadline_bot (id 7000000001)"
+    bad = telegram.create({"token": "123:wrong", "api_url": peer.url}, engine)
+    with pytest.raises(AdapterConfigError, match="token"):
+        await bad.check()
+    with pytest.raises(AdapterConfigError, match="token"):
+        await bad.run()
+
+
+# --- webhook ------------------------------------------------------------------------------------
+
+@asynccontextmanager
+async def webhook(engine, peer: TelegramPeer) -> AsyncIterator[str]:
+    adapter = telegram.create({"token": TOKEN, "api_url": peer.url, "mode": "webhook",
+                               "webhook_url": "https://gw.example.com/telegram/webhook",
+                               "secret_token": SECRET}, engine)
+    run = asyncio.create_task(adapter.run())
+    try:
+        async with serving(adapter.routes()) as url:
+            async with asyncio.timeout(10):
+                while adapter.application is None or not adapter.application.running:
+                    await asyncio.sleep(0.01)
+            yield url + "/telegram/webhook"
+    finally:
+        await stop(run)
+
+
+async def post_update(url: str, update: dict[str, Any], secret: str | None = SECRET
+                      ) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[telegram.SECRET_HEADER] = secret
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        return await client.post(url, content=json.dumps(update), headers=headers)
+
+
+async def test_webhook_updates_are_answered_and_a_wrong_secret_gets_403(engine, peer):
+    async with webhook(engine, peer) as url:
+        assert peer.webhook["url"] == "https://gw.example.com/telegram/webhook"
+        assert peer.webhook["secret_token"] == SECRET
+        wrong = await post_update(url, private("my budget is $1", 100), secret="nope")
+        missing = await post_update(url, private("my budget is $1", 100), secret=None)
+        assert (wrong.status_code, missing.status_code) == (403, 403)
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            garbled = await client.post(url, content=b"[1, 2",
+                                        headers={telegram.SECRET_HEADER: SECRET})
+        assert garbled.status_code == 400
+        assert (await post_update(url, private("my budget is $5,000", 101))).status_code == 200
+        assert (await post_update(url, private("what's my budget?", 102))).status_code == 200
+        _, asked = await peer.wait_sent(2)
+    assert "$5,000" in asked["text"]
+    assert len(peer.sent) == 2  # the refused updates never reached the engine
+
+
+async def test_a_redelivered_webhook_update_is_answered_once(engine, peer):
+    async with webhook(engine, peer) as url:
+        update = private("hello", 101)
+        for _ in range(2):
+            assert (await post_update(url, update)).status_code == 200
+        await peer.wait_sent(1)
+        assert (await post_update(url, private("hello again", 102))).status_code == 200
+        await peer.wait_sent(2)
+    assert len(peer.sent) == 2
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("config", "missing"), [
+    ({}, "channels.telegram.token"),
+    ({"token": "1:a", "mode": "webhook", "secret_token": "s"}, "channels.telegram.webhook_url"),
+    ({"token": "1:a", "mode": "webhook", "webhook_url": "https://x"},
+     "channels.telegram.secret_token"),
+    ({"token": "1:a", "mode": "webhook", "webhook_url": "https://x", "secret_token": "a b"},
+     "channels.telegram.secret_token"),
+    ({"token": "1:a", "mode": "push"}, "channels.telegram.mode"),
+])
+def test_missing_settings_are_named(config, missing):
+    with pytest.raises(AdapterConfigError, match=missing.replace(".", r"\.")):
+        telegram.create(config, engine=None)  # type: ignore[arg-type]
+
+
+def test_the_file_url_follows_the_api_url_and_secrets_stay_out_of_the_repr():
+    adapter = telegram.create({"token": TOKEN, "api_url": "http://127.0.0.1:9/bot/"},
+                              engine=None)  # type: ignore[arg-type]
+    assert (adapter.api_url, adapter.file_url) == ("http://127.0.0.1:9/bot",
+                                                   "http://127.0.0.1:9/file/bot")
+    assert TOKEN not in repr(adapter)
+    assert adapter.routes() == []  # polling needs no route
+
+
+# --- pure functions on stored payloads ----------------------------------------------------------
+
+def inbound(name: str, **message: Any):
+    return telegram.inbound_from_update(fixture(name, **message), bot_id=BOT["id"],
+                                        bot_username=BOT["username"])
+
+
+def test_a_private_message_becomes_an_inbound_message():
+    message = inbound("private_message")
+    assert message is not None
+    assert message.identifier == ("4242", "telegram")
+    assert message.conversation == "4242"
+    assert message.message_id == "4242:101"
+    assert message.text == "what's my budget?"
+
+
+def test_group_messages_addressed_to_the_bot_lose_the_bot_s_name():
+    assert inbound("group_mention").text == "what's my budget?"
+    assert inbound("group_reply_to_bot").text == "and my color?"
+    assert inbound("group_command").text == "/whoami"
+    emoji = inbound("group_emoji_mention")  # entity offsets count UTF-16 code units
+    assert emoji is not None and emoji.conversation == str(GROUP)
+    assert emoji.message_id == f"{GROUP}:207"
+
+
+@pytest.mark.parametrize("name", ["group_unaddressed", "edited_message"])
+def test_updates_not_for_us_become_nothing(name):
+    assert inbound(name) is None
+
+
+def test_messages_from_bots_are_ignored():
+    update = fixture("private_message")
+    update["message"]["from"]["is_bot"] = True
+    assert telegram.inbound_from_update(update, bot_id=BOT["id"],
+                                        bot_username=BOT["username"]) is None
+
+
+def test_splitting_counts_utf16_code_units_and_cuts_at_words():
+    text = "😀 " * 3000  # 3 code units per "😀 ": 9000 in all
+    pieces = split_text(text, 4096, size=telegram.utf16_len)
+    assert len(pieces) == 3
+    assert all(telegram.utf16_len(p) <= 4096 and not p.endswith(" ") for p in pieces)
+    assert "".join(p.replace(" ", "") for p in pieces) == "😀" * 3000
+
+
+def test_split_text_prefers_paragraphs_then_lines_then_words():
+    assert split_text("aaa\n\nbbb ccc", 9) == ["aaa", "bbb ccc"]
+    assert split_text("aaaa\nbbb ccc", 9) == ["aaaa", "bbb ccc"]
+    assert split_text("aaaa bbbb cccc", 9) == ["aaaa bbbb", "cccc"]
+    assert split_text("x" * 20, 8) == ["x" * 8, "x" * 8, "x" * 4]
+    assert split_text("  \n ", 5) == []
+
+
+def test_retry_after_is_read_in_seconds():
+    assert telegram.retry_seconds(RetryAfter(3)) == 3.0
