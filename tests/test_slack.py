@@ -416,3 +416,35 @@ def test_long_replies_are_split_into_several_posts_at_paragraphs():
     assert all(c["thread_ts"] == "1.2" and c["channel"] == "C1" for c in calls)
     rejoined = " ".join(" ".join(c["text"] for c in calls).split())
     assert rejoined == " ".join(" ".join(paragraphs).split())
+
+
+async def test_link_codes_carry_a_person_from_slack_to_telegram(bot: Slack, engine):
+    """The self-service path: /link on Slack, /link CODE on Telegram, then one memory."""
+    from adapters import telegram
+    from tests.peers.telegram import TOKEN, TelegramPeer
+
+    assert "$5,000" in (await bot.dm("my budget is $5,000", n=1))["text"]
+    offer = (await bot.dm("/link", n=2))["text"]
+    code = offer.split("send /link ")[1].split()[0]
+
+    tg_peer = TelegramPeer()
+    api_url = await tg_peer.start()
+    adapter = telegram.create({"token": TOKEN, "api_url": api_url, "poll_timeout": 1}, engine)
+    run = asyncio.create_task(adapter.run())
+    update = json.loads((Path(__file__).parent / "fixtures" / "telegram" /
+                         "private_message.json").read_text())
+    try:
+        for count, text in enumerate([f"/link {code}", "what's my budget?", "/whoami"], 1):
+            update["message"]["text"] = text
+            update["message"]["message_id"] += 1
+            await tg_peer.push(update)
+            await tg_peer.wait_sent(count)
+    finally:
+        await stop(run)
+        await tg_peer.stop()
+    linked, recalled, whoami = (m["text"] for m in tg_peer.sent)
+    assert linked.startswith("Linked")
+    assert "$5,000" in recalled
+    assert "slack:" in whoami and "telegram:" in whoami
+    alice = await engine.identity.resolve(engine.formation, ("U98765ABC", "slack"))
+    assert await engine.identity.resolve(engine.formation, "tg_4242") == alice
