@@ -2,7 +2,7 @@
 
     peer = DiscordPeer(token="…")
     await peer.start()               # peer.api_url, peer.gateway_url
-    await peer.wait_for(lambda: peer.identifies)
+    await peer.wait_for(lambda: peer.ready)
     await peer.push(peer.message("message_create_dm", content="hi"))
     await peer.wait_for(lambda: peer.posts)
 
@@ -58,6 +58,7 @@ class DiscordPeer:
         self.identifies: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []
         self.connections = 0
+        self.ready = 0  # READY dispatches sent: sessions the client can be pushed messages on
         self.url = ""
         self._limit_next = 0
         self._retry_after = 0.05
@@ -181,8 +182,9 @@ class DiscordPeer:
         created = fixture("message_created_reply")
         reference = body.get("message_reference")
         created.update(id=str(next(self._ids)), channel_id=channel_id,
-                       content=body.get("content", ""), message_reference=reference,
-                       type=19 if reference else 0)
+                       content=body.get("content", ""))
+        if reference:
+            created.update(type=19, message_reference=reference)
         await self._notify()
         return _json(created, headers={
             "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4",
@@ -215,8 +217,8 @@ class DiscordPeer:
             await ws.close(code=4004, message=b"Authentication failed.")
             return
         self.identifies.append(data)
-        await self._notify()
         if int(data.get("intents", 0)) & MESSAGE_CONTENT and not self.message_content_enabled:
+            await self._notify()
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return
         async with self._send_lock:
@@ -228,6 +230,8 @@ class DiscordPeer:
         await self.dispatch("READY", ready)
         if self.send_guild_create:
             await self.dispatch("GUILD_CREATE", fixture("guild_create")["d"])
+        self.ready += 1
+        await self._notify()
 
     async def _resume(self, ws: web.WebSocketResponse, request: web.Request,
                       data: dict[str, Any]) -> None:
