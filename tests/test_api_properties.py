@@ -2,6 +2,7 @@
 no response that breaks the OpenAPI document."""
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -58,7 +59,10 @@ def test_no_server_errors_and_no_schema_violations(base_url):
     failures = []
     for operation in operations:
         @given(case=operation.as_strategy())
+        # CI runs a fixed sequence so a landing never hinges on luck; locally each run
+        # explores new inputs.
         @settings(max_examples=25, deadline=None, database=None,
+                  derandomize=os.environ.get("CI") == "true",
                   suppress_health_check=list(HealthCheck))
         def check(case) -> None:
             for headers in ({"X-Muxi-Admin-Key": ADMIN, "X-Muxi-User-ID": "prop@x.co"},

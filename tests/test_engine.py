@@ -219,3 +219,13 @@ async def test_working_memory_is_bounded_in_count_and_age(engine):
     assert stored <= users.working_limit + 10
     users.working_max_age = 0.0
     assert await users.working(user) == []
+
+
+async def test_a_longer_message_is_read_sentence_by_sentence(engine):
+    web = InMemoryChannel(engine, "email")
+    told = await web.push("a@x.co", "Hi,\n\nMy budget is $5,000. I prefer short answers.\n\nThanks")
+    assert "$5,000" in told.text
+    asked = await web.push("a@x.co", "Hello,\nWhat's my budget?\nBest, Alice")
+    assert "$5,000" in asked.text
+    about = (await web.push("a@x.co", "what do you know about me?")).text
+    assert "short answers" in about

@@ -15,6 +15,7 @@ from gateway.formations import Formation
 from gateway.runtime import Runtime
 from identity import IdentityService
 
+
 class _AnyPath(PathConvertor):
     """Like `path`, but also matches a newline, so a bad identifier reaches the handler and
     gets a 422 naming the problem instead of falling through to another route."""

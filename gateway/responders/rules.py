@@ -61,7 +61,31 @@ _UNITS = {"second": 1, "sec": 1, "minute": 60, "min": 60, "hour": 3600, "hr": 36
           "day": 86400}
 
 
+_SENTENCES = re.compile(r"\n+|(?<=[.!?])\s+")
+
+
 def understand(text: str, now: float) -> Intent:
+    """What the message means; a longer message (an email: "Hi,\n\nWhat's my budget?\n
+    Thanks") is read sentence by sentence, and what each part tells is kept."""
+    whole = _understand_one(text, now)
+    parts = [p for p in _SENTENCES.split(text.strip()) if p.strip()]
+    if whole.kind != "unknown" or len(parts) < 2:
+        return whole
+    found = [i for i in (_understand_one(p, now) for p in parts[:20])
+             if i.kind not in ("unknown", "empty")]
+    if not found:
+        return whole
+    main = next((i for i in found if i.kind not in ("greeting", "help")), found[0])
+    for other in found:
+        if other is not main:
+            main.changes.facts = {**other.changes.facts, **main.changes.facts}
+            main.changes.preferences += other.changes.preferences
+            main.changes.memories += other.changes.memories
+            main.changes.tasks += other.changes.tasks
+    return main
+
+
+def _understand_one(text: str, now: float) -> Intent:
     said = clean(text)
     if not said:
         return Intent("empty")
@@ -84,7 +108,7 @@ def understand(text: str, now: float) -> Intent:
         return _reminder_at(match, now)
     if match := _REMEMBER.match(said):
         note = match.group(1)
-        inner = understand(note, now)
+        inner = _understand_one(note, now)
         changes = Changes(memories=[note], facts=inner.changes.facts)
         return Intent("remember", value=note, changes=changes)
     if match := _CALL_ME.match(said):

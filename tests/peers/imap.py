@@ -11,21 +11,28 @@ the fixture skips with the reason, unless THREADLINE_REQUIRE_SERVICES=1, where i
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aioimaplib
+import pytest
 
 PASSWORD = "imap-test-password"
+REQUIRE = os.environ.get("THREADLINE_REQUIRE_SERVICES") == "1"
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot")
                                       else None)
-RUN_AS = ("nobody", "nogroup")
+# As root, Dovecot runs as nobody (setpriv); otherwise as whoever runs the tests.
+RUN_AS = (("nobody", "nogroup") if os.geteuid() == 0
+          else (pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name))
 
 _CONFIG = """\
 protocols = imap
@@ -95,8 +102,9 @@ class DovecotServer:
     (Not under pytest's tmp_path: that is private to root, and Dovecot runs as nobody.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, extra_config: str = "") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="threadline-dovecot-"))
+        self.extra_config = extra_config
         self.host = "127.0.0.1"
         self.port = free_port()
         self.password = PASSWORD
@@ -107,7 +115,8 @@ class DovecotServer:
         for sub in ("run", "state", "mail", "home"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.config.write_text(_CONFIG.format(root=self.root, port=self.port, password=PASSWORD,
-                                              user=RUN_AS[0], group=RUN_AS[1]))
+                                              user=RUN_AS[0], group=RUN_AS[1])
+                               + self.extra_config)
         (self.root / "run" / "master.pid").unlink(missing_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.root, *RUN_AS)
@@ -141,7 +150,8 @@ class DovecotServer:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"dovecot did not answer on port {self.port} in {timeout}s\n{self.log()}")
+        raise RuntimeError(f"dovecot did not answer on port {self.port} in {timeout}s\n"
+                           f"{self.log()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
@@ -187,3 +197,25 @@ class DovecotServer:
             response = await imap.select(mailbox)
             assert response.result == "OK", response
         return imap
+
+
+def skip_without_dovecot() -> None:
+    if DOVECOT is not None:
+        return
+    message = ("Dovecot is not installed (the dovecot binary is missing; "
+               "apt-get install -y dovecot-imapd)")
+    if REQUIRE:
+        pytest.fail(message + "; THREADLINE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """One Dovecot for the test run; each test takes a user (a maildir) of its own."""
+    skip_without_dovecot()
+    server = DovecotServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

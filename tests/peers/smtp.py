@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -99,3 +101,14 @@ class SmtpServer:
             while len(self.received()) < count:
                 await asyncio.sleep(0.02)
         return self.received()[:count]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """An SMTP server that wants AUTH (user "threadline", password "smtp-test-password")."""
+    server = SmtpServer(user="threadline", password="smtp-test-password")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
