@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import structlog
@@ -39,11 +40,21 @@ class Engine:
         ):
             log.info("duplicate message ignored", channel=message.channel)
             return None
-        user_id = await self.identity.resolve(formation, message.identifier)
-        assert user_id is not None
-        return await self.converse_or_command(formation, user_id, message.channel,
-                                              message.conversation, message.text,
-                                              identifier=message.identifier)
+        try:
+            user_id = await self.identity.resolve(formation, message.identifier)
+            assert user_id is not None
+            reply = await self.converse_or_command(formation, user_id, message.channel,
+                                                   message.conversation, message.text,
+                                                   identifier=message.identifier)
+        except BaseException:
+            if message.message_id is not None:  # let a redelivery try again
+                await asyncio.shield(self.memory.sessions.release_message(
+                    formation, message.channel, message.message_id))
+            raise
+        if message.message_id is not None:
+            await self.memory.sessions.finish_message(formation, message.channel,
+                                                      message.message_id)
+        return reply
 
     async def converse_or_command(self, formation: str, user_id: str, channel: str,
                                   conversation: str, text: str, *,

@@ -13,6 +13,7 @@ from typing import Any
 from identity.database import Database
 from memory.types import NotFoundError, Session, SessionMessage, new_id, now
 
+CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
 _COLUMNS = "id, user_id, formation_id, channel, conversation, started_at, last_activity, context"
 
 
@@ -140,11 +141,35 @@ class Sessions:
             )
         return len(rows)
 
-    async def claim_message(self, formation: str, channel: str, message_id: str) -> bool:
-        """True the first time a platform message id is seen; False for a redelivery."""
-        sql = ("INSERT INTO processed_messages (formation_id, channel, message_id, created_at)"
-               " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING message_id")
+    async def claim_message(self, formation: str, channel: str, message_id: str, *,
+                            lease: float = CLAIM_LEASE) -> bool:
+        """True when this process should answer a platform message: the first time it is
+        seen, or when the process that claimed it died before finishing (after `lease`).
+        False for a redelivery of one answered or being answered."""
+        at = now()
+        sql = ("INSERT INTO processed_messages"
+               " (formation_id, channel, message_id, created_at, status)"
+               " VALUES ($1, $2, $3, $4, 'processing')"
+               " ON CONFLICT (formation_id, channel, message_id) DO UPDATE"
+               " SET created_at = excluded.created_at"
+               " WHERE processed_messages.status = 'processing'"
+               " AND processed_messages.created_at < $5"
+               " RETURNING message_id")
+        args = (formation, channel, message_id, at, at - lease)
         if self.db.dialect == "postgres":  # one statement commits on its own
-            return await self.db.fetchval(sql, formation, channel, message_id, now()) is not None
+            return await self.db.fetchval(sql, *args) is not None
         async with self.db.transaction() as tx:
-            return await tx.fetchval(sql, formation, channel, message_id, now()) is not None
+            return await tx.fetchval(sql, *args) is not None
+
+    async def finish_message(self, formation: str, channel: str, message_id: str) -> None:
+        await self.db.execute(
+            "UPDATE processed_messages SET status = 'done'"
+            " WHERE formation_id = $1 AND channel = $2 AND message_id = $3",
+            formation, channel, message_id)
+
+    async def release_message(self, formation: str, channel: str, message_id: str) -> None:
+        """Forget a claim whose turn failed, so a redelivery is answered."""
+        await self.db.execute(
+            "DELETE FROM processed_messages WHERE formation_id = $1 AND channel = $2"
+            " AND message_id = $3 AND status = 'processing'",
+            formation, channel, message_id)

@@ -3,6 +3,8 @@
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from adapters.inmemory import InMemoryChannel
 from gateway.channels import ChannelRegistry
 from gateway.responders.base import Response
@@ -229,3 +231,34 @@ async def test_a_longer_message_is_read_sentence_by_sentence(engine):
     assert "$5,000" in asked.text
     about = (await web.push("a@x.co", "what do you know about me?")).text
     assert "short answers" in about
+
+
+async def test_a_message_whose_turn_failed_is_answered_when_redelivered(engine):
+    class FlakyStore:
+        def __init__(self, real):
+            self.real, self.fail = real, True
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        async def resolve(self, *args, **kwargs):
+            if self.fail:
+                self.fail = False
+                raise ConnectionError("database went away")
+            return await self.real.resolve(*args, **kwargs)
+
+    engine.identity = FlakyStore(engine.identity)
+    web = InMemoryChannel(engine, "web")
+    with pytest.raises(ConnectionError):
+        await web.push("a@x.co", "my budget is $1", message_id="m-1")
+    assert (await web.push("a@x.co", "my budget is $1", message_id="m-1")) is not None
+    assert (await web.push("a@x.co", "my budget is $1", message_id="m-1")) is None
+
+
+async def test_a_claim_left_by_a_dead_process_is_taken_over_after_the_lease(engine):
+    sessions = engine.memory.sessions
+    assert await sessions.claim_message("f", "web", "m-9")  # this process then dies
+    assert not await sessions.claim_message("f", "web", "m-9")  # within the lease
+    assert await sessions.claim_message("f", "web", "m-9", lease=0.0)  # after it
+    await sessions.finish_message("f", "web", "m-9")
+    assert not await sessions.claim_message("f", "web", "m-9", lease=0.0)  # answered
