@@ -23,6 +23,7 @@ import memory  # noqa: F401  (registers the memory migrations)
 from gateway.logs import configure_logging
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache
+from tests.peers.http import serving
 
 ADMIN_URL = os.environ.get(
     "THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -49,7 +50,6 @@ def _with_database(admin_url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database for this test run, dropped afterwards."""
-    import asyncio
 
     name = f"threadline_test_{uuid.uuid4().hex[:12]}"
 
@@ -139,8 +139,6 @@ def free_port() -> int:
 @pytest.fixture
 async def server(database_url, tmp_path, formation):
     """A real uvicorn server with the formation API; yields (base url, runtime)."""
-    import uvicorn
-
     from config.settings import Settings
     from gateway.api.app import create_app
     from gateway.formations import Formation
@@ -153,14 +151,8 @@ async def server(database_url, tmp_path, formation):
     formations = {formation: Formation(formation, ADMIN, CLIENT),
                   "other": Formation("other", "other-admin-0123456789ab",
                                      "other-client-0123456789a")}
-    app = create_app(runtime, formations)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        lifespan="off"))
-    task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", runtime
-    srv.should_exit = True
-    await task
-    await runtime.close()
+    try:
+        async with serving(create_app(runtime, formations)) as url:
+            yield url, runtime
+    finally:
+        await runtime.close()

@@ -15,16 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from slack_sdk.signature import SignatureVerifier
-from starlette.applications import Starlette
-from starlette.routing import BaseRoute
 
 from adapters import slack
 from adapters.inmemory import InMemoryChannel
 from gateway.messages import OutboundMessage
 from gateway.responders.base import Response
 from gateway.supervisor import AdapterConfigError
+from tests.peers.http import serving, stop
 from tests.peers.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, SlackPeer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slack"
@@ -39,28 +37,6 @@ def fixture(name: str, **event: Any) -> dict[str, Any]:
         body["event_id"] = event.pop("event_id")
     body.get("event", {}).update(event)
     return body
-
-
-@asynccontextmanager
-async def serving(routes: list[BaseRoute]) -> AsyncIterator[str]:
-    """The routes on a real uvicorn server on 127.0.0.1; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(5):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def stop(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass

@@ -13,9 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import BaseRoute
 from telegram.error import RetryAfter
 
 from adapters import telegram
@@ -23,6 +20,7 @@ from adapters._common import split_text
 from gateway.messages import OutboundMessage
 from gateway.responders.base import Response
 from gateway.supervisor import AdapterConfigError
+from tests.peers.http import serving, stop
 from tests.peers.telegram import BOT, TOKEN, TelegramPeer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
@@ -46,28 +44,6 @@ def private(text: str, message_id: int, user: int = 4242) -> dict[str, Any]:
     update = fixture("private_message", text=text, message_id=message_id)
     update["message"]["from"]["id"] = update["message"]["chat"]["id"] = user
     return update
-
-
-@asynccontextmanager
-async def serving(routes: list[BaseRoute]) -> AsyncIterator[str]:
-    """The routes on a real uvicorn server on 127.0.0.1; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(5):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def stop(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture
