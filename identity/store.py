@@ -100,6 +100,3 @@ def plan_association(
     existing = [i for i in idents if i.key in owners]
     return Plan(target, to_link, existing)
 
-
-class RetryTransaction(Exception):
-    """A concurrent writer got there first; run the whole transaction again."""

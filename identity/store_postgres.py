@@ -8,7 +8,6 @@ from identity.database import PostgresDatabase
 from identity.store import (
     MERGE_STATEMENTS,
     Owner,
-    RetryTransaction,
     masked,
     new_public_id,
     plan_association,
@@ -29,6 +28,11 @@ _INSERT_USER = "INSERT INTO users (formation_id, public_id) VALUES ($1, $2) RETU
 _INSERT_IDENTIFIER = (
     "INSERT INTO user_identifiers (formation_id, user_id, identifier, type) VALUES ($1, $2, $3, $4)"
 )
+_CREATE = (
+    "WITH u AS (INSERT INTO users (formation_id, public_id) VALUES ($1, $2) RETURNING id)"
+    " INSERT INTO user_identifiers (formation_id, user_id, identifier, type)"
+    " SELECT $1, id, $3, $4 FROM u"
+)
 _ATTEMPTS = 5
 
 
@@ -47,16 +51,12 @@ class PostgresIdentityStore:
                 return found, False
             public_id = new_public_id()
             try:
-                async with conn.transaction():
-                    row_id = await conn.fetchval(_INSERT_USER, formation, public_id)
-                    linked = await conn.fetchval(
-                        _INSERT_IDENTIFIER + " ON CONFLICT (formation_id, identifier) DO NOTHING"
-                        " RETURNING id",
-                        formation, row_id, ident.key, ident.type,
-                    )
-                    if linked is None:
-                        raise RetryTransaction  # someone else created it: drop our user row
-            except RetryTransaction:
+                # One statement, so one round trip and all or nothing: when a concurrent
+                # first contact won, our user row goes with the failed identifier insert.
+                await conn.execute(_CREATE, formation, public_id, ident.key, ident.type)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "user_identifiers_unique":
+                    raise
                 return await conn.fetchval(_LOOKUP, formation, ident.key), False
             return public_id, True
 
