@@ -338,13 +338,8 @@ class SqliteTransaction:
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         return list(await self._conn.execute_fetchall(numbered(sql), args))
 
-    async def fetchrow(self, sql: str, *args: Any) -> Any:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return row[0] if row else None
+    fetchrow = Database.fetchrow
+    fetchval = Database.fetchval
 
 
 def _statements(sql: str) -> list[str]:
