@@ -1,7 +1,8 @@
 """POST /v1/chat over real HTTP against `threadline serve` in its own process, on PostgreSQL
 and SQLite, beside GET /v1/health of the same server measured in the same run.
 
-    python -m bench.http [--seconds 10] [--concurrency 32] [--store postgres|sqlite|both] [--json]
+    python -m bench.http [--seconds 10] [--concurrency 32] [--store postgres|sqlite|both]
+                         [--shared-client] [--json]
 
 Closed loop: N clients each send the next request as soon as the last one answered (requests/s,
 p50, p99). Open loop: chat requests on a fixed timetable of 300 per second, latency measured
@@ -47,6 +48,7 @@ ADMIN_KEY = "tla_bench_admin_key_0123456789"
 USERS = [f"bench-user-{i}@bench.test" for i in range(200)]
 OPEN_RATE = 300  # requests/s for the open-loop latency target
 WARMUP_SECONDS = 2.0
+_HZ = os.sysconf("SC_CLK_TCK")
 
 Send = Callable[[int], Awaitable[int]]  # request number -> HTTP status (0 on a client error)
 Clients = asyncio.Queue[httpx.AsyncClient]  # idle connections
@@ -203,35 +205,30 @@ async def open_loop(send: Send, rate: int, count: int) -> dict[str, float]:
     return result
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+def _cpu_now(pid: int) -> dict[str, float]:
+    """CPU seconds so far: the server process, this client, the whole machine (the database's
+    processes included), and steal, time a hypervisor took from this machine's cores."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_seconds() -> float:
-    """CPU time spent by the whole machine (all cores; the database's processes included)."""
-    try:
-        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-    except OSError:
-        return 0.0
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+        server = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        machine = [int(n) for n in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    except OSError:  # not Linux: the CPU columns read 0
+        server, machine = ["0"] * 13, [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = machine
+    return {"server_cpu": (int(server[11]) + int(server[12])) / _HZ,
+            "client_cpu": time.process_time(),
+            "machine_cpu": (user + nice + system + irq + softirq) / _HZ,
+            "stolen_cpu": steal / _HZ}
 
 
 async def with_cpu(pid: int, phase: Awaitable[dict[str, float]]) -> dict[str, float]:
-    """Run one phase and add the CPU used, in cores, by the server, this client and the whole
-    machine. Server and client each run one event loop: a side near 1.00 is the bottleneck,
-    and a machine near its core count leaves nobody room (client, server and database share
-    it)."""
-    before = _cpu_seconds(pid), time.process_time(), _machine_seconds(), time.perf_counter()
+    """Run one phase and add the cores each side used. Server and client each run one event
+    loop: a side near 1.00 is the bottleneck; a machine near its core count leaves neither
+    room (client, server and database share it); steal makes a run slower for no reason of
+    its own."""
+    before, started = _cpu_now(pid), time.perf_counter()
     result = await phase
-    wall = time.perf_counter() - before[3]
-    result["server_cpu"] = (_cpu_seconds(pid) - before[0]) / wall
-    result["client_cpu"] = (time.process_time() - before[1]) / wall
-    result["machine_cpu"] = (_machine_seconds() - before[2]) / wall
+    wall, after = time.perf_counter() - started, _cpu_now(pid)
+    result.update({key: (after[key] - before[key]) / wall for key in after})
     return result
 
 
@@ -274,11 +271,15 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> None:
               f"{c['rps'] / t['rps']:>11.3f}{o['p99_ms']:>15.2f}"
               f"{c['errors'] + t['errors'] + o['errors']:>8.0f}{late}")
     print("targets: >= 1,000 chat requests/s; p99 <= 50 ms at 300 requests/s")
-    print(f"CPU in cores, server / client / whole machine ({os.cpu_count()} cores):")
+    print(f"CPU in cores: server / client / whole machine ({os.cpu_count()} cores), "
+          "and taken by the hypervisor (steal)")
     for store, r in results.items():
         print(f"  {store:<10}" + "   ".join(
             f"{phase} {r[phase]['server_cpu']:.2f} / {r[phase]['client_cpu']:.2f} / "
-            f"{r[phase]['machine_cpu']:.2f}" for phase in ("chat", "trivial", "open")))
+            f"{r[phase]['machine_cpu']:.2f} ({r[phase]['stolen_cpu']:.2f})"
+            for phase in ("chat", "trivial", "open")))
+    if any(phase["stolen_cpu"] > 0.1 for r in results.values() for phase in r.values()):
+        print("warning: the hypervisor took CPU during this run; its figures are low and noisy")
 
 
 def as_json(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
@@ -286,7 +287,8 @@ def as_json(results: dict[str, dict[str, dict[str, float]]], args: argparse.Name
     for store, r in results.items():
         prefix = "" if store == "postgres" else f"{store}_"  # PostgreSQL is the primary
         for phase in ("chat", "trivial"):
-            for key in ("rps", "p50_ms", "p99_ms", "server_cpu", "client_cpu", "machine_cpu"):
+            for key in ("rps", "p50_ms", "p99_ms", "server_cpu", "client_cpu", "machine_cpu",
+                        "stolen_cpu"):
                 out[f"{prefix}{phase}_{key}"] = round(r[phase][key], 3)
         out[f"{prefix}chat_p99_ms_at_300rps"] = round(r["open"]["p99_ms"], 3)
         out[f"{prefix}kept_up_at_300rps"] = bool(r["open"]["kept_up"])
