@@ -185,6 +185,16 @@ def users_merge(keep: str = typer.Argument(..., help="The user that stays (usr_â
     _run(work)
 
 
+def _fast_event_loop() -> None:
+    """uvloop when installed: uvicorn's own choice never applies, since we run its server
+    inside our asyncio.run."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
@@ -196,6 +206,7 @@ def serve(
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
+        _fast_event_loop()
         asyncio.run(run_server(settings, host or settings.host,
                                settings.port if port is None else port, err))
     except (ConfigError, DatabaseError, IdentityError) as exc:

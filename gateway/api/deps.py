@@ -1,4 +1,6 @@
-"""Who is calling: the formation (from the path), the key, and the user."""
+"""Who is calling: the formation (from the path), the key, and the user.
+
+All async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from gateway.formations import Formation
 from gateway.runtime import Runtime
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def formation(request: Request) -> Formation:
+async def formation(request: Request) -> Formation:
     formations: dict[str, Formation] = request.app.state.formations
     fid = request.path_params.get("formation_id") or request.app.state.default_formation
     found = formations.get(fid)
@@ -28,7 +30,7 @@ AdminKey = Annotated[str | None, Header(alias="X-Muxi-Admin-Key", include_in_sch
 ClientKey = Annotated[str | None, Header(alias="X-Muxi-Client-Key", include_in_schema=False)]
 
 
-def client_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
+async def client_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
                   client_key: ClientKey = None) -> Formation:
     """The client key, or the admin key (which may do everything)."""
     if f.is_admin(admin_key) or f.is_client(client_key):
@@ -38,7 +40,7 @@ def client_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminK
     raise ApiError(401, "UNAUTHORIZED", "the API key is not valid for this formation")
 
 
-def admin_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
+async def admin_access(f: Annotated[Formation, Depends(formation)], admin_key: AdminKey = None,
                  client_key: ClientKey = None) -> Formation:
     if f.is_admin(admin_key):
         return f
