@@ -27,6 +27,7 @@ from gateway.messages import OutboundMessage
 from gateway.responders.base import Changes, Context, Response
 from gateway.scheduler import Scheduler
 from gateway.supervisor import AdapterConfigError
+from tests.helpers.responders import Gated
 from tests.peers.discord import (
     ALICE_ID,
     BOB_ID,
@@ -267,21 +268,6 @@ async def test_deliver_splits_and_sends_to_the_channel_id(peer, bot):
 
 
 # -- shutdown ---------------------------------------------------------------------------------
-
-
-class Gated:
-    """A responder that answers only when the test says so."""
-
-    name = "gated"
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def respond(self, context: Context, changes: Changes) -> Response:
-        self.entered.set()
-        await self.release.wait()
-        return Response("answered after all", changes)
 
 
 async def test_stopping_lets_a_reply_in_flight_finish(peer, engine):

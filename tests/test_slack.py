@@ -22,6 +22,7 @@ from adapters.inmemory import InMemoryChannel
 from gateway.messages import OutboundMessage
 from gateway.responders.base import Response
 from gateway.supervisor import AdapterConfigError
+from tests.helpers.responders import Gated
 from tests.peers.http import serving, stop
 from tests.peers.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, SlackPeer
 
@@ -242,17 +243,7 @@ async def test_a_fact_told_on_slack_is_recalled_on_telegram_after_linking(bot: S
 
 
 async def test_shutdown_lets_a_reply_in_flight_finish(engine, peer: SlackPeer):
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    class Slow:
-        name = "slow"
-
-        async def respond(self, context, changes) -> Response:
-            entered.set()
-            await gate.wait()
-            return Response("done thinking", changes)
-
-    engine.responder = Slow()
+    engine.responder = gated = Gated("done thinking")
     adapter = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
                             "api_url": peer.url + "api/"}, engine)
     run = asyncio.create_task(adapter.run())
@@ -260,13 +251,13 @@ async def test_shutdown_lets_a_reply_in_flight_finish(engine, peer: SlackPeer):
         harness = Slack(adapter, peer, url)
         assert (await harness.send(fixture("message_im"))).status_code == 200
         async with asyncio.timeout(10):
-            await entered.wait()
+            await gated.entered.wait()
         run.cancel()
         await asyncio.sleep(0.05)
         assert not run.done()  # draining
         # While draining, new events are refused so that Slack redelivers them later.
         assert (await harness.send(fixture("app_mention"))).status_code == 503
-        gate.set()
+        gated.release.set()
         async with asyncio.timeout(10):
             await asyncio.gather(run, return_exceptions=True)
     assert [p["text"] for p in peer.posted] == ["done thinking"]

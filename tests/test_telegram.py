@@ -20,6 +20,7 @@ from adapters._common import split_text
 from gateway.messages import OutboundMessage
 from gateway.responders.base import Response
 from gateway.supervisor import AdapterConfigError
+from tests.helpers.responders import Gated
 from tests.peers.http import serving, stop
 from tests.peers.telegram import BOT, TOKEN, TelegramPeer
 
@@ -145,26 +146,16 @@ async def test_flood_control_is_waited_out_and_the_message_sent(bot, peer: Teleg
 
 
 async def test_shutdown_stops_polling_cleanly_and_lets_a_reply_finish(engine, peer):
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    class Slow:
-        name = "slow"
-
-        async def respond(self, context, changes) -> Response:
-            entered.set()
-            await gate.wait()
-            return Response("done thinking", changes)
-
-    engine.responder = Slow()
+    engine.responder = gated = Gated("done thinking")
     adapter = telegram.create({"token": TOKEN, "api_url": peer.url, "poll_timeout": 1}, engine)
     run = asyncio.create_task(adapter.run())
     pushed = await peer.push(private("hello", 101))
     async with asyncio.timeout(10):
-        await entered.wait()
+        await gated.entered.wait()
     run.cancel()
     await asyncio.sleep(0.05)
     assert not run.done()
-    gate.set()
+    gated.release.set()
     async with asyncio.timeout(10):
         await asyncio.gather(run, return_exceptions=True)
     assert [m["text"] for m in peer.sent] == ["done thinking"]
