@@ -17,7 +17,6 @@ from identity.types import (
     IdentityError,
     InvalidIdentifierError,
     LinkedIdentifier,
-    UserNotFoundError,
 )
 
 log = structlog.get_logger("threadline.identity")
@@ -132,10 +131,3 @@ class IdentityService:
         log.info("users merged", formation=formation, user_id=keep, merged=absorb,
                  identifiers=len(moved))
         return moved
-
-    async def require_user(self, formation: str, user_id: str) -> str:
-        check_formation(formation)
-        check_user_id(user_id)
-        if not await self.store.user_exists(formation, user_id):
-            raise UserNotFoundError(user_id)
-        return user_id

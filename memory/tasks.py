@@ -148,6 +148,3 @@ class Tasks:
             task.id, worker, now() + retry_in,
         )
 
-
-def describe_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
