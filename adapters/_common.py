@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from gateway.supervisor import AdapterConfigError
+from gateway.runtime.supervisor import AdapterConfigError
 
 log = structlog.get_logger("threadline.channels")
 

@@ -33,9 +33,9 @@ import structlog
 import yarl
 
 from adapters._common import InFlight, number, setting, split_text
-from gateway.engine import Engine
-from gateway.messages import InboundMessage, OutboundMessage
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.engine import Engine
+from gateway.conversation.messages import InboundMessage, OutboundMessage
+from gateway.runtime.supervisor import AdapterConfigError
 
 log = structlog.get_logger("threadline.discord")
 

@@ -60,9 +60,9 @@ from adapters.email_parse import (
     reply_references,
     reply_subject,
 )
-from gateway.engine import Engine
-from gateway.messages import InboundMessage, OutboundMessage
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.engine import Engine
+from gateway.conversation.messages import InboundMessage, OutboundMessage
+from gateway.runtime.supervisor import AdapterConfigError
 from identity.identifiers import is_email
 
 log = structlog.get_logger("threadline.email")

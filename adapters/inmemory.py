@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from gateway.engine import Engine
-from gateway.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.engine import Engine
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 
 
 class InMemoryChannel:

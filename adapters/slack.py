@@ -36,9 +36,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters._common import InFlight, choice, number, setting, split_text
-from gateway.engine import Engine
-from gateway.messages import InboundMessage, OutboundMessage
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.engine import Engine
+from gateway.conversation.messages import InboundMessage, OutboundMessage
+from gateway.runtime.supervisor import AdapterConfigError
 from identity import IdentifierConflictError, InvalidIdentifierError
 
 log = structlog.get_logger("threadline.channels.slack")

@@ -34,9 +34,9 @@ from telegram.error import InvalidToken, RetryAfter
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters._common import InFlight, choice, number, setting, split_text
-from gateway.engine import Engine
-from gateway.messages import InboundMessage, OutboundMessage
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.engine import Engine
+from gateway.conversation.messages import InboundMessage, OutboundMessage
+from gateway.runtime.supervisor import AdapterConfigError
 
 log = structlog.get_logger("threadline.channels.telegram")
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiocache import SimpleMemoryCache
 
-from gateway.logs import configure_logging
+from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, PostgresDatabase, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache, make_backend
 from identity.store import new_public_id

@@ -23,9 +23,9 @@ import asyncpg
 
 import memory
 from adapters.inmemory import InMemoryChannel
-from gateway.engine import Engine
-from gateway.logs import configure_logging
-from gateway.responders.offline import OfflineResponder
+from gateway.conversation.engine import Engine
+from gateway.conversation.responders.offline import OfflineResponder
+from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
 

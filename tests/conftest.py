@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import memory  # noqa: F401  (registers the memory migrations)
-from gateway.logs import configure_logging
+from gateway.runtime.logs import configure_logging
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache
 from tests.peers.http import serving
@@ -121,8 +121,8 @@ def memory_store(db: Database) -> memory.Memory:
 
 @pytest.fixture
 def engine(identity: IdentityService, memory_store: memory.Memory, formation: str):
-    from gateway.engine import Engine
-    from gateway.responders.offline import OfflineResponder
+    from gateway.conversation.engine import Engine
+    from gateway.conversation.responders.offline import OfflineResponder
 
     return Engine(identity, memory_store, OfflineResponder(), formation=formation)
 
@@ -141,8 +141,8 @@ async def server(database_url, tmp_path, formation):
     """A real uvicorn server with the formation API; yields (base url, runtime)."""
     from config.settings import Settings
     from gateway.api.app import create_app
-    from gateway.formations import Formation
-    from gateway.runtime import Runtime
+    from gateway.runtime.formations import Formation
+    from gateway.runtime.wiring import Runtime
 
     settings = Settings(database_url=database_url, data_dir=tmp_path, formation_id=formation,
                         identity_secret="test-identity-secret-0123456789",

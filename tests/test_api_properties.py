@@ -13,8 +13,8 @@ from schemathesis import checks
 
 from config.settings import Settings
 from gateway.api.app import create_app
-from gateway.formations import Formation
-from gateway.runtime import Runtime
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 from tests.conftest import ADMIN, CLIENT, free_port
 
 

@@ -22,11 +22,11 @@ from adapters.discord import (
     plan_posts,
 )
 from adapters.inmemory import InMemoryChannel
-from gateway.channels import ChannelRegistry
-from gateway.messages import OutboundMessage
-from gateway.responders.base import Changes, Context, Response
-from gateway.scheduler import Scheduler
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.responders.base import Changes, Context, Response
+from gateway.conversation.scheduler import Scheduler
+from gateway.runtime.supervisor import AdapterConfigError
 from tests.helpers.responders import Gated
 from tests.peers.discord import (
     ALICE_ID,

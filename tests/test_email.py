@@ -22,10 +22,10 @@ import pytest
 from adapters.email import EmailAdapter, EmailSettings, create
 from adapters.email_parse import parse_bytes
 from adapters.inmemory import InMemoryChannel
-from gateway.channels import ChannelRegistry
-from gateway.messages import OutboundMessage
-from gateway.scheduler import Scheduler
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.scheduler import Scheduler
+from gateway.runtime.supervisor import AdapterConfigError
 
 # The `dovecot` and `smtp_server` fixtures live beside the servers they run.
 pytest_plugins = ("tests.peers.imap", "tests.peers.smtp")

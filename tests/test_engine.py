@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from adapters.inmemory import InMemoryChannel
-from gateway.channels import ChannelRegistry
-from gateway.responders.base import Response
-from gateway.scheduler import Scheduler
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.responders.base import Response
+from gateway.conversation.scheduler import Scheduler
 from identity.database import PostgresDatabase
 
 

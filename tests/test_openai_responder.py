@@ -3,7 +3,7 @@
 import pytest
 
 from adapters.inmemory import InMemoryChannel
-from gateway.responders.openai import OpenAIResponder
+from gateway.conversation.responders.openai import OpenAIResponder
 from tests.peers.llm import ChatCompletionsPeer
 
 

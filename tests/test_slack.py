@@ -19,9 +19,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters import slack
 from adapters.inmemory import InMemoryChannel
-from gateway.messages import OutboundMessage
-from gateway.responders.base import Response
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.responders.base import Response
+from gateway.runtime.supervisor import AdapterConfigError
 from tests.helpers.responders import Gated
 from tests.peers.http import serving, stop
 from tests.peers.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, SlackPeer

@@ -17,9 +17,9 @@ from telegram.error import RetryAfter
 
 from adapters import telegram
 from adapters._common import split_text
-from gateway.messages import OutboundMessage
-from gateway.responders.base import Response
-from gateway.supervisor import AdapterConfigError
+from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.responders.base import Response
+from gateway.runtime.supervisor import AdapterConfigError
 from tests.helpers.responders import Gated
 from tests.peers.http import serving, stop
 from tests.peers.telegram import BOT, TOKEN, TelegramPeer

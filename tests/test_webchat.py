@@ -17,11 +17,12 @@ import uvicorn
 from starlette.requests import Request
 
 from config.settings import ConfigError, Settings
-from gateway import webchat
 from gateway.api.app import create_app
-from gateway.formations import Formation
-from gateway.runtime import Runtime
-from gateway.webchat import TokenError, name_mode_refusal, sign_token, verify_token
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
+from gateway.webchat import TokenError, sign_token, verify_token
+from gateway.webchat import page as webchat
+from gateway.webchat.page import name_mode_refusal
 
 ADMIN, CLIENT = "admin-key-0123456789abcdef", "client-key-0123456789abcdef"
 SECRET = b"webchat-secret-0123456789abcdef"

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from gateway import __version__
 from gateway.api import routes_chat, routes_identity, routes_memory, routes_scheduler
 from gateway.api.envelope import install_error_handlers
-from gateway.formations import Formation
-from gateway.runtime import Runtime
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 
 
 class ErrorBody(BaseModel):

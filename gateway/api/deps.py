@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from gateway.api.envelope import ApiError
-from gateway.formations import Formation
-from gateway.runtime import Runtime
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 
 
 async def runtime(request: Request) -> Runtime:

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, runtime, user_of
 from gateway.api.envelope import ok
-from gateway.formations import Formation
-from gateway.messages import Reply
-from gateway.runtime import Runtime
+from gateway.conversation.messages import Reply
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 from memory.types import NotFoundError
 
 router = APIRouter()

@@ -11,8 +11,8 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from gateway.api.deps import admin_access, client_access, formation, runtime
 from gateway.api.envelope import ApiError, ok
-from gateway.formations import Formation
-from gateway.runtime import Runtime
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 from identity import IdentityService
 
 

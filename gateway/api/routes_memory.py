@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, require_user, runtime
 from gateway.api.envelope import ok
-from gateway.formations import Formation
-from gateway.runtime import Runtime
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
 from memory.types import Session
 
 router = APIRouter()

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from gateway.logs import configure_logging
+from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
 

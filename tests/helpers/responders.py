@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.responders.base import Changes, Context, Response
+from gateway.conversation.responders.base import Changes, Context, Response
 
 
 class Gated:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config.settings import Settings
-from gateway.channels import ChannelRegistry
-from gateway.engine import Engine
-from gateway.responders.base import Responder
-from gateway.scheduler import Scheduler
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.engine import Engine
+from gateway.conversation.responders.base import Responder
+from gateway.conversation.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
 from memory import Memory
@@ -16,14 +16,14 @@ from memory import Memory
 
 def make_responder(settings: Settings) -> Responder:
     if settings.responder == "openai":
-        from gateway.responders.openai import OpenAIResponder
+        from gateway.conversation.responders.openai import OpenAIResponder
 
         return OpenAIResponder(
             base_url=settings.llm_base_url, model=settings.llm_model,
             api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
             timeout=settings.llm_timeout,
         )
-    from gateway.responders.offline import OfflineResponder
+    from gateway.conversation.responders.offline import OfflineResponder
 
     return OfflineResponder()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from gateway.responders.base import Changes, Context, Response
+from gateway.conversation.responders.base import Changes, Context, Response
 
 
 class ResponderError(Exception):

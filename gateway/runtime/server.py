@@ -17,9 +17,9 @@ from rich.console import Console
 
 from config.settings import Settings
 from gateway.api.app import create_app
-from gateway.formations import Formation, load_formations
-from gateway.runtime import Runtime
-from gateway.supervisor import AdapterConfigError, Supervisor, load_adapter
+from gateway.runtime.formations import Formation, load_formations
+from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
+from gateway.runtime.wiring import Runtime
 from identity.database import describe_url
 
 log = structlog.get_logger("threadline.server")
@@ -54,7 +54,7 @@ def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[An
 
 def webchat_routes(runtime: Runtime, formation: Formation) -> list[Any]:
     try:
-        from gateway import webchat
+        from gateway.webchat import page as webchat
     except ImportError:  # the page is optional in stripped-down installs
         return []
     return webchat.routes(runtime, runtime.settings, formation)
@@ -117,7 +117,8 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
             await runtime.close()
             log.info("stopped")
 
-    app = create_app(runtime, gateway.formations, extra_routes=gateway.routes, lifespan=lifespan)
+    app = create_app(runtime, gateway.formations, extra_routes=gateway.routes,
+                     lifespan=lifespan)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=10, access_log=False)
     server = uvicorn.Server(config)

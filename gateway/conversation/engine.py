@@ -7,10 +7,10 @@ import uuid
 
 import structlog
 
-from gateway.commands import is_command, run_command
-from gateway.messages import InboundMessage, Reply
-from gateway.responders.base import Context, Responder, Response
-from gateway.responders.rules import understand
+from gateway.conversation.commands import is_command, run_command
+from gateway.conversation.messages import InboundMessage, Reply
+from gateway.conversation.responders.base import Context, Responder, Response
+from gateway.conversation.responders.rules import understand
 from identity import IdentityService
 from identity.linking import Linker
 from memory import Memory

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.messages import Channel, OutboundMessage
+from gateway.conversation.messages import Channel, OutboundMessage
 
 
 class UnknownChannelError(LookupError):

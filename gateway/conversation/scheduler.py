@@ -8,8 +8,8 @@ import socket
 
 import structlog
 
-from gateway.channels import ChannelRegistry
-from gateway.messages import OutboundMessage
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.messages import OutboundMessage
 from memory import Memory
 from memory.types import Task
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from rich.console import Console
 
 from config.settings import ConfigError, Settings, load_settings
-from gateway.logs import configure_logging
+from gateway.runtime.logs import configure_logging
 from identity.database import Database, DatabaseError, connect, describe_url
 
 Check = tuple[str, bool, str]  # name, passed, detail (or how to fix)
@@ -64,7 +64,7 @@ async def run_checks(console: Console) -> bool:
         except ConfigError as exc:
             checks.append((name, False, str(exc)))
     try:
-        from gateway.formations import load_formations
+        from gateway.runtime.formations import load_formations
 
         formations = load_formations(settings)
         checks.append(("API keys", True, f"{len(formations)} formation(s)"))
@@ -103,8 +103,8 @@ async def _channels(settings: Settings, database_ok: bool) -> list[Check]:
     if not database_ok:
         return [(f"channel {name}", False, "not checked: the database is unreachable")
                 for name in settings.channels]
-    from gateway.runtime import Runtime
-    from gateway.supervisor import AdapterConfigError, load_adapter
+    from gateway.runtime.supervisor import AdapterConfigError, load_adapter
+    from gateway.runtime.wiring import Runtime
 
     results: list[Check] = []
     runtime = await Runtime.open(settings, migrate=False)

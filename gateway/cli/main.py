@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, load_settings
-from gateway.logs import configure_logging
-from gateway.runtime import Runtime
+from gateway.runtime.logs import configure_logging
+from gateway.runtime.wiring import Runtime
 from identity import DatabaseError, IdentityError
 from identity.database import connect, describe_url
 
@@ -201,7 +201,7 @@ def serve(
     port: int = typer.Option(None, "--port", "-p", help="Port to listen on (default 8000)."),
 ):
     """Run the gateway: HTTP API, web chat page, scheduler and every configured channel."""
-    from gateway.server import serve as run_server
+    from gateway.runtime.server import serve as run_server
 
     try:
         settings = load_settings()
@@ -226,7 +226,7 @@ def chat(
     formation: str = FormationOption,
 ):
     """Talk to the assistant in the terminal as an identifier (Ctrl+D to quit)."""
-    from gateway.messages import InboundMessage
+    from gateway.conversation.messages import InboundMessage
 
     async def work(rt: Runtime) -> None:
         conversation = f"cli-{os.getpid()}"
@@ -251,7 +251,7 @@ def chat(
 @app.command()
 def doctor():
     """Check configuration, database, migrations and each channel; say how to fix problems."""
-    from gateway.doctor import run_checks
+    from gateway.cli.doctor import run_checks
 
     ok = asyncio.run(run_checks(out))
     raise typer.Exit(0 if ok else 1)

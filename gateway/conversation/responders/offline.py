@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.responders.base import Changes, Context, Response
-from gateway.responders.rules import Intent, understand
+from gateway.conversation.responders.base import Changes, Context, Response
+from gateway.conversation.responders.rules import Intent, understand
 
 HELP = (
     "I remember what you tell me, on every channel you have linked. Try:\n"

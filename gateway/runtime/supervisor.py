@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.messages import OutboundMessage
+from gateway.conversation.messages import OutboundMessage
 
 log = structlog.get_logger("threadline.channels")
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from gateway.responders.base import Changes, ScheduleRequest
+from gateway.conversation.responders.base import Changes, ScheduleRequest
 
 _SPACES = re.compile(r"\s+")
 _TRAILING = re.compile(r"[\s.!?;,]+$")

@@ -1,0 +1,1 @@
+"""The conversation core: every transport hands a message to the same engine."""
