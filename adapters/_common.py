@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from gateway.runtime.supervisor import AdapterConfigError
+from gateway.conversation.ports import AdapterConfigError
 
 log = structlog.get_logger("threadline.channels")
 

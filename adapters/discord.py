@@ -33,9 +33,8 @@ import structlog
 import yarl
 
 from adapters._common import InFlight, number, setting, split_text
-from gateway.conversation.engine import Engine
-from gateway.conversation.messages import InboundMessage, OutboundMessage
-from gateway.runtime.supervisor import AdapterConfigError
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
 log = structlog.get_logger("threadline.discord")
 
@@ -190,11 +189,14 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.receive(message)
 
+    async def on_ready(self) -> None:
+        self._adapter.ready(f"bot {self.user}")
+
 
 class DiscordAdapter:
     name = CHANNEL
 
-    def __init__(self, engine: Engine, *, token: str, api_url: str = DEFAULT_API_URL,
+    def __init__(self, engine: Conversations, *, token: str, api_url: str = DEFAULT_API_URL,
                  gateway_url: str | None = None, formation: str | None = None,
                  drain_timeout: float = 10.0) -> None:
         self.engine = engine
@@ -207,6 +209,7 @@ class DiscordAdapter:
         self.accepting = False  # taking new messages; False once shutdown begins
         self._inflight = InFlight(CHANNEL)
         self._order: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.ready: Ready = QUIET
 
     def __repr__(self) -> str:
         return f"DiscordAdapter(api_url={self.api_url!r}, token=***)"
@@ -214,13 +217,14 @@ class DiscordAdapter:
     def routes(self) -> list[Any]:
         return []  # Discord is reached over an outbound websocket, never by HTTP calls to us
 
-    async def run(self) -> None:
+    async def run(self, ready: Ready = QUIET) -> None:
         """Connect and serve until the gateway stops or this is cancelled.
 
         On the way out new messages are no longer taken, replies in flight get
         `drain_timeout` seconds to be sent, and only then is the client closed (the replies
         need its HTTP session).
         """
+        self.ready = ready
         apply_urls(self.api_url, self.gateway_url)
         client = _Client(self)
         self._client = client
@@ -252,13 +256,14 @@ class DiscordAdapter:
     async def _answer(self, client: _Client, message: discord.Message,
                       inbound: InboundMessage) -> None:
         # One conversation answers in order, so replies (and their pieces) never interleave.
-        async with self._in_order(inbound.conversation):
-            reply = await self.engine.handle(inbound)
-            if reply is None:
-                return
+        async def send(reply: Reply) -> None:
             await _send(client, plan_reply(message, reply.text))
-        log.info("replied", channel=CHANNEL, conversation=inbound.conversation,
-                 user_id=reply.user_id, request_id=reply.request_id)
+
+        async with self._in_order(inbound.conversation):
+            reply = await self.engine.handle(inbound, send)
+        if reply is not None:
+            log.info("replied", channel=CHANNEL, conversation=inbound.conversation,
+                     user_id=reply.user_id, request_id=reply.request_id)
 
     async def deliver(self, message: OutboundMessage) -> None:
         """Say something unprompted in the channel whose id is `message.conversation`."""
@@ -320,7 +325,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return data
 
 
-def create(config: Mapping[str, Any], engine: Engine) -> DiscordAdapter:
+def create(config: Mapping[str, Any], engine: Conversations) -> DiscordAdapter:
     token = setting(config, CHANNEL, "token", required=True)
     api_url = setting(config, CHANNEL, "api_url", DEFAULT_API_URL)
     gateway_url = setting(config, CHANNEL, "gateway_url")

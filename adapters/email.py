@@ -20,10 +20,9 @@ engine's claim on the Message-ID:
      and only then is the message marked \\Seen;
   3. so for each unseen message, a reply copy without \\Draft means "already answered" (mark
      seen), a copy with \\Draft means "answered, not sent" (send it), no copy means "not yet
-     answered": ask the engine, which claims the Message-ID. If the engine says the message
-     was claimed already (we stopped between its answer and step 2), the answer is read back
-     from the session's stored turn; if the turn was never stored, it is answered afresh
-     without a second claim.
+     answered": ask the engine, which claims the Message-ID. Its turn commits with the reply
+     kept beside the claim, and "saying" the reply is step 2; so if we stopped between the
+     two, the engine hands back the stored reply instead of running a second turn.
 The one window left is between SMTP accepting a reply and the IMAP flag change: a crash
 exactly there sends that reply again, with the same Message-ID (clients collapse it). While
 the process lives, an IMAP outage there is covered by remembering what was sent.
@@ -40,7 +39,7 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import Any, TypeVar
 
@@ -60,9 +59,8 @@ from adapters.email_parse import (
     reply_references,
     reply_subject,
 )
-from gateway.conversation.engine import Engine
-from gateway.conversation.messages import InboundMessage, OutboundMessage
-from gateway.runtime.supervisor import AdapterConfigError
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 from identity.identifiers import is_email
 
 log = structlog.get_logger("threadline.email")
@@ -358,7 +356,7 @@ class EmailAdapter:
     RETRY_MAX = 60.0
     IDLE_REFRESH = 5 * 60.0  # re-issue IDLE (and search again) this often
 
-    def __init__(self, settings: EmailSettings, engine: Engine) -> None:
+    def __init__(self, settings: EmailSettings, engine: Conversations) -> None:
         self.settings = settings
         self.engine = engine
         self.formation = settings.formation or engine.formation
@@ -374,7 +372,7 @@ class EmailAdapter:
 
     # -- serving --
 
-    async def run(self) -> None:
+    async def run(self, ready: Ready = QUIET) -> None:
         """Serve the mailbox until cancelled; reconnects (with backoff) after IMAP or SMTP
         trouble, and raises only AdapterConfigError (bad settings, refused logins)."""
         while True:
@@ -382,6 +380,8 @@ class EmailAdapter:
             try:
                 await imap.open()
                 await imap.create(self.settings.replies_mailbox)
+                ready(f"{self.settings.imap_user}@{self.settings.imap_host} "
+                      f"{self.settings.mailbox}")
                 await self._serve(imap)
             except _TRANSIENT as exc:
                 log.warning("email connection trouble; reconnecting", error=_describe(exc),
@@ -428,17 +428,22 @@ class EmailAdapter:
         reply_id = self._reply_id(parsed.message_id)
         reply = await self._find_reply(imap, reply_id)
         if reply is None:
-            data = await self._write_reply(parsed, reply_id)
-            reply = _Reply(data, stored=False) if data is not None else None
+            reply = await self._write_reply(imap, parsed, reply_id)
         if reply is not None and reply.sent:
             log.info("email already answered", message_id=parsed.message_id)
         elif reply is not None:
             if not reply.stored:
-                self._unstored[reply_id] = reply.data
-                await imap.append(self.settings.replies_mailbox, reply.data, r"(\Seen \Draft)")
-                self._unstored.pop(reply_id, None)
+                reply = await self._store(imap, reply_id, reply.data)
             await self._send_draft(imap, reply_id, reply.data)
         await self._mark_seen(imap, uid)
+
+    async def _store(self, imap: _Imap, reply_id: str, data: bytes) -> _Reply:
+        """Keep the reply as a \\Draft in the replies mailbox (remembered in memory first, in
+        case IMAP goes away meanwhile)."""
+        self._unstored[reply_id] = data
+        await imap.append(self.settings.replies_mailbox, data, r"(\Seen \Draft)")
+        self._unstored.pop(reply_id, None)
+        return _Reply(data, stored=True)
 
     async def _find_reply(self, imap: _Imap, reply_id: str) -> _Reply | None:
         """Our reply to this message if one was written before (sent or not), else None."""
@@ -480,8 +485,9 @@ class EmailAdapter:
 
     # -- deciding and answering --
 
-    async def _write_reply(self, parsed: ParsedEmail, reply_id: str) -> bytes | None:
-        """The reply this message deserves, as bytes to send; None when it gets none."""
+    async def _write_reply(self, imap: _Imap, parsed: ParsedEmail,
+                           reply_id: str) -> _Reply | None:
+        """The reply this message deserves, kept as a draft; None when it gets none."""
         facts = {"message_id": parsed.message_id, "sender": parsed.sender}
         if parsed.sender is None or not is_email(parsed.sender):
             log.info("email without one usable From address not answered", **facts)
@@ -494,13 +500,17 @@ class EmailAdapter:
                         authserv_id=self.settings.authserv_id, **facts)
             if self.settings.unverified == "drop":
                 return None
-            text, kind = UNVERIFIED_NOTE.format(address=parsed.sender), "unverified"
-        else:
-            question = parsed.text or parsed.subject
-            if not question:
-                log.info("empty email not answered", **facts)
-                return None
-            text, kind = await self._answer(parsed, question), "answer"
+            note = UNVERIFIED_NOTE.format(address=parsed.sender)
+            return await self._store(imap, reply_id,
+                                     self._compose(parsed, reply_id, note, "unverified"))
+        question = parsed.text or parsed.subject
+        if not question:
+            log.info("empty email not answered", **facts)
+            return None
+        return await self._answer(imap, parsed, reply_id, question)
+
+    def _compose(self, parsed: ParsedEmail, reply_id: str, text: str, kind: str) -> bytes:
+        assert parsed.sender is not None
         return compose(
             sender=self.settings.address, to=parsed.sender,
             subject=reply_subject(parsed.subject), message_id=reply_id,
@@ -510,7 +520,9 @@ class EmailAdapter:
             text=text, conversation=parsed.thread, kind=kind,
         )
 
-    async def _answer(self, parsed: ParsedEmail, text: str) -> str:
+    async def _answer(self, imap: _Imap, parsed: ParsedEmail, reply_id: str,
+                      text: str) -> _Reply | None:
+        """Ask the engine; "saying" its reply is keeping it as a draft (sent after)."""
         assert parsed.sender is not None
         message = InboundMessage(
             channel=self.name, identifier=(parsed.sender, "email"), conversation=parsed.thread,
@@ -518,33 +530,17 @@ class EmailAdapter:
             extras={"subject": parsed.subject, "sender_name": parsed.sender_name,
                     "verified_by": parsed.verified_by},
         )
-        reply = await self.engine.handle(message)
-        if reply is not None:
-            return reply.text
-        return await self._recover(message)
+        kept: list[_Reply] = []
 
-    async def _recover(self, message: InboundMessage) -> str:
-        """The answer to a message the engine had claimed before we stopped: the stored turn's
-        answer, or (when the turn was never stored) a fresh answer without a second claim."""
-        sessions = self.engine.memory.sessions
-        user_id = await self.engine.identity.resolve(self.formation, message.identifier,
-                                                     create=False)
-        if user_id is not None:
-            for session in await sessions.list(user_id, limit=100):
-                if session.channel != self.name or session.conversation != message.conversation:
-                    continue
-                turns = await sessions.buffer(session.id, limit=500)
-                for index in range(len(turns) - 2, -1, -1):
-                    if (turns[index].role == "user" and turns[index].content == message.text
-                            and turns[index + 1].role == "assistant"):
-                        log.warning("answer recovered from the stored turn",
-                                    message_id=message.message_id)
-                        return turns[index + 1].content
-        log.warning("claimed email had no stored answer; answering it now",
-                    message_id=message.message_id)
-        reply = await self.engine.handle(replace(message, message_id=None))
-        assert reply is not None
-        return reply.text
+        async def send(reply: Reply) -> None:
+            data = self._compose(parsed, reply_id, reply.text, "answer")
+            kept.append(await self._store(imap, reply_id, data))
+
+        if await self.engine.handle(message, send) is None:
+            log.info("email answered before and its reply is gone; not answered again",
+                     message_id=parsed.message_id)
+            return None
+        return kept[0]
 
     # -- SMTP --
 
@@ -629,8 +625,7 @@ class EmailAdapter:
             parent = first_message_id(header(headers, "Message-ID"))
             if len(to) != 1 or parent is None:
                 continue
-            owner = await self.engine.identity.resolve(self.formation, (to[0], "email"),
-                                                       create=False)
+            owner = await self.engine.owner((to[0], "email"), formation=self.formation)
             if owner != message.user_id:
                 continue  # the address was unlinked or moved: not this user's thread now
             return (to[0], header(headers, "Subject"), parent,
@@ -678,5 +673,5 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def create(config: dict[str, Any], engine: Engine) -> EmailAdapter:
+def create(config: dict[str, Any], engine: Conversations) -> EmailAdapter:
     return EmailAdapter(EmailSettings.from_config(config), engine)

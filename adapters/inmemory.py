@@ -10,15 +10,16 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from gateway.conversation.engine import Engine
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.ports import Conversations
 
 
 class InMemoryChannel:
-    def __init__(self, engine: Engine, name: str = "test") -> None:
+    def __init__(self, engine: Conversations, name: str = "test") -> None:
         self.engine = engine
         self.name = name
         self.outbox: list[OutboundMessage] = []
+        self.reachable = True  # False: like a closed page, it cannot push right now
         self._ids = itertools.count(1)
 
     async def push(self, identifier: Any, text: str, *, conversation: str = "main",
@@ -28,11 +29,15 @@ class InMemoryChannel:
             channel=self.name, identifier=identifier, conversation=conversation, text=text,
             message_id=message_id or f"{self.name}-{next(self._ids)}",
         )
-        reply = await self.engine.handle(message)
-        if reply is not None:
+
+        async def send(reply: Reply) -> None:
             self.outbox.append(OutboundMessage(self.name, conversation, reply.text,
                                                reply.user_id))
-        return reply
+
+        return await self.engine.handle(message, send)
+
+    def can_reach(self, user_id: str, conversation: str) -> bool:
+        return self.reachable
 
     async def deliver(self, message: OutboundMessage) -> None:
         self.outbox.append(message)

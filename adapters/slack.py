@@ -36,10 +36,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters._common import InFlight, choice, number, setting, split_text
-from gateway.conversation.engine import Engine
-from gateway.conversation.messages import InboundMessage, OutboundMessage
-from gateway.runtime.supervisor import AdapterConfigError
-from identity import IdentifierConflictError, InvalidIdentifierError
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
 log = structlog.get_logger("threadline.channels.slack")
 
@@ -138,7 +136,7 @@ def post_calls(text: str, channel: str, thread_ts: str | None) -> list[dict[str,
 class SlackAdapter:
     name = CHANNEL
 
-    def __init__(self, engine: Engine, *, bot_token: str, signing_secret: str | None = None,
+    def __init__(self, engine: Conversations, *, bot_token: str, signing_secret: str | None = None,
                  app_token: str | None = None, mode: str = "http",
                  api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
                  formation: str | None = None, drain_timeout: float = 10.0) -> None:
@@ -176,25 +174,26 @@ class SlackAdapter:
             return Response(status_code=503)
         return await self._handler.handle(request)
 
-    async def run(self) -> None:
-        await self.check()
+    async def run(self, ready: Ready = QUIET) -> None:
+        bot = await self.check()
         self._stopping = False
         try:
             if self.mode == "socket":
-                await self._run_socket_mode()
+                await self._run_socket_mode(ready, bot)
             else:
+                ready(f"{bot}, events at {self.path}")
                 await asyncio.Event().wait()  # events arrive through routes()
         finally:
             self._stopping = True
             await self._inflight.drain(self.drain_timeout)
 
-    async def _run_socket_mode(self) -> None:
+    async def _run_socket_mode(self, ready: Ready, bot: str) -> None:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
         handler = AsyncSocketModeHandler(self.app, self._app_token, web_client=self.client)
         try:
             await handler.connect_async()
-            log.info("slack socket mode connected")
+            ready(f"{bot}, socket mode")
             await asyncio.Event().wait()
         finally:
             await handler.close_async()
@@ -222,9 +221,11 @@ class SlackAdapter:
 
     async def _answer(self, message: InboundMessage) -> None:
         await self._recognise(message)
-        reply = await self.engine.handle(message)
-        if reply is not None:
+
+        async def send(reply: Reply) -> None:
             await self._say(reply.text, message.extras["channel"], message.extras["thread_ts"])
+
+        await self.engine.handle(message, send)
 
     async def _say(self, text: str, channel: str, thread_ts: str | None) -> None:
         for call in post_calls(text, channel, thread_ts):
@@ -240,19 +241,11 @@ class SlackAdapter:
             if slack_id in self._known:
                 return
             formation = message.formation or self.engine.formation
-            identity = self.engine.identity
-            if await identity.resolve(formation, message.identifier, create=False) is None:
+            if await self.engine.owner(message.identifier, formation=formation) is None:
                 email = await self._email_of(slack_id)
                 if email is not None:
-                    try:
-                        result = await identity.associate(
-                            formation, [email, message.identifier], user_id=None)
-                        log.info("slack user matched by email", user_id=result.user_id,
-                                 created_user=result.created_user)
-                    except IdentifierConflictError as exc:
-                        log.warning("slack email match refused", reason=str(exc))
-                    except InvalidIdentifierError as exc:
-                        log.warning("slack profile email unusable", reason=str(exc))
+                    await self.engine.link_by_email(message.identifier, email,
+                                                    formation=formation)
             self._known.add(slack_id)
         self._first_contact.pop(slack_id, None)
 
@@ -268,7 +261,7 @@ class SlackAdapter:
         return profile_email(answer.data) if isinstance(answer.data, dict) else None
 
 
-def create(config: Mapping[str, Any], engine: Engine) -> SlackAdapter:
+def create(config: Mapping[str, Any], engine: Conversations) -> SlackAdapter:
     mode = choice(config, CHANNEL, "mode", ("http", "socket"))
     bot_token = setting(config, CHANNEL, "bot_token", required=True)
     signing_secret = setting(config, CHANNEL, "signing_secret", required=mode == "http")

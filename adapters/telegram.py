@@ -34,9 +34,8 @@ from telegram.error import InvalidToken, RetryAfter
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters._common import InFlight, choice, number, setting, split_text
-from gateway.conversation.engine import Engine
-from gateway.conversation.messages import InboundMessage, OutboundMessage
-from gateway.runtime.supervisor import AdapterConfigError
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
 log = structlog.get_logger("threadline.channels.telegram")
 
@@ -143,7 +142,7 @@ def retry_seconds(exc: RetryAfter) -> float:
 class TelegramAdapter:
     name = CHANNEL
 
-    def __init__(self, engine: Engine, *, token: str, mode: str = "polling",
+    def __init__(self, engine: Conversations, *, token: str, mode: str = "polling",
                  webhook_url: str | None = None, secret_token: str | None = None,
                  api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
                  formation: str | None = None, poll_timeout: float = 30.0,
@@ -204,7 +203,7 @@ class TelegramAdapter:
         await application.update_queue.put(update)
         return Response(status_code=200)
 
-    async def run(self) -> None:
+    async def run(self, ready: Ready = QUIET) -> None:
         application = self.application = self._build()
         try:
             await application.initialize()  # getMe
@@ -224,7 +223,7 @@ class TelegramAdapter:
                     url=self.webhook_url or "", secret_token=self._secret.decode(),
                     allowed_updates=ALLOWED_UPDATES)
             await application.start()
-            log.info("telegram started", mode=self.mode, bot=application.bot.username)
+            ready(f"@{application.bot.username}, {self.mode}")
             await asyncio.Event().wait()
         finally:
             if application.updater is not None and application.updater.running:
@@ -256,14 +255,15 @@ class TelegramAdapter:
             self._inflight.spawn(self._answer(bot, message), key=message.conversation)
 
     async def _answer(self, bot: Bot, message: InboundMessage) -> None:
-        reply = await self.engine.handle(message)
-        if reply is None:
-            return
         extras = message.extras
         group = extras["chat_type"] != "private"
-        await self._say(bot, reply.text, extras["chat_id"],
-                        reply_to=extras["message_id"] if group else None,
-                        thread_id=extras["thread_id"])
+
+        async def send(reply: Reply) -> None:
+            await self._say(bot, reply.text, extras["chat_id"],
+                            reply_to=extras["message_id"] if group else None,
+                            thread_id=extras["thread_id"])
+
+        await self.engine.handle(message, send)
 
     async def _say(self, bot: Bot, text: str, chat_id: int | str, *,
                    reply_to: int | None = None, thread_id: int | None = None) -> None:
@@ -283,7 +283,7 @@ class TelegramAdapter:
                 await asyncio.sleep(wait)
 
 
-def create(config: Mapping[str, Any], engine: Engine) -> TelegramAdapter:
+def create(config: Mapping[str, Any], engine: Conversations) -> TelegramAdapter:
     mode = choice(config, CHANNEL, "mode", ("polling", "webhook"))
     token = setting(config, CHANNEL, "token", required=True)
     webhook = mode == "webhook"

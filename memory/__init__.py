@@ -7,9 +7,11 @@ from pathlib import Path
 
 from identity.database import Database, register_migrations
 from identity.store import register_merge_statements
+from memory.claims import Claims
 from memory.credentials import Credentials
 from memory.sessions import Sessions
 from memory.tasks import Tasks
+from memory.turns import Turns
 from memory.types import NotFoundError
 from memory.user_memory import UserMemory
 
@@ -34,17 +36,18 @@ class Memory:
     sessions: Sessions
     credentials: Credentials
     tasks: Tasks
+    claims: Claims
+    turns: Turns
 
     @classmethod
     def open(cls, db: Database, *, credentials_key: bytes, idle_timeout: float = 1800,
              buffer_size: int = 20, working_limit: int = 20,
              working_max_age: float = 86400) -> Memory:
-        return cls(
-            UserMemory(db, working_limit=working_limit, working_max_age=working_max_age),
-            Sessions(db, idle_timeout=idle_timeout, buffer_size=buffer_size),
-            Credentials(db, credentials_key),
-            Tasks(db),
-        )
+        users = UserMemory(db, working_limit=working_limit, working_max_age=working_max_age)
+        sessions = Sessions(db, idle_timeout=idle_timeout, buffer_size=buffer_size)
+        tasks, claims = Tasks(db), Claims(db)
+        return cls(users, sessions, Credentials(db, credentials_key), tasks, claims,
+                   Turns(users, sessions, tasks, claims))
 
 
 __all__ = ["Memory", "NotFoundError"]

@@ -13,7 +13,6 @@ from typing import Any
 from identity.database import Database
 from memory.types import NotFoundError, Session, SessionMessage, new_id, now
 
-CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
 _COLUMNS = "id, user_id, formation_id, channel, conversation, started_at, last_activity, context"
 
 
@@ -29,10 +28,10 @@ class Sessions:
         self.idle_timeout = idle_timeout
         self.buffer_size = buffer_size
 
-    async def open(self, user_id: str, formation: str, channel: str, conversation: str) -> Session:
-        """Continue the conversation's session, or start a fresh one after the idle timeout.
-
-        Continuing reads only; the turn's own write moves `last_activity` (see `touch`)."""
+    async def plan(self, user_id: str, formation: str, channel: str,
+                   conversation: str) -> Session:
+        """The conversation's active session, or a new one (`is_new`) that nothing holds yet:
+        the turn's own transaction inserts it (`insert`), so a failed turn leaves no trace."""
         at = now()
         row = await self.db.fetchrow(
             f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1 AND channel = $2"
@@ -41,30 +40,39 @@ class Sessions:
         )
         if row is not None:
             return _session(row)
-        async with self.db.transaction() as tx:
-            if self.db.dialect == "postgres":
-                # Two first messages of one conversation must not open two sessions.
-                # (SQLite transactions are already serialized.)
-                await tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                                 f"{user_id}\x1f{channel}\x1f{conversation}")
-            row = await tx.fetchrow(
-                f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1 AND channel = $2"
-                " AND conversation = $3 AND last_activity > $4"
-                " ORDER BY last_activity DESC LIMIT 1",
-                user_id, channel, conversation, at - self.idle_timeout,
-            )
-            if row is not None:
-                await tx.execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
-                                 row[0], at)
-                return _session(row)
-            session = Session(new_id("sess"), user_id, formation, channel, conversation, at, at,
-                              {}, True)
-            await tx.execute(
-                "INSERT INTO sessions (id, user_id, formation_id, channel, conversation,"
-                " started_at, last_activity, context) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
-                session.id, user_id, formation, channel, conversation, at, at,
-            )
+        return Session(new_id("sess"), user_id, formation, channel, conversation, at, at, {},
+                       True)
+
+    async def insert(self, tx: Any, session: Session) -> Session:
+        """Store a planned session inside `tx`; when another turn opened one for the same
+        conversation meanwhile, that one is continued instead."""
+        if self.db.dialect == "postgres":
+            # Two first messages of one conversation must not open two sessions.
+            # (SQLite transactions are already serialized.)
+            await tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                             f"{session.user_id}\x1f{session.channel}\x1f{session.conversation}")
+        row = await tx.fetchrow(
+            f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1 AND channel = $2"
+            " AND conversation = $3 AND last_activity > $4 ORDER BY last_activity DESC LIMIT 1",
+            session.user_id, session.channel, session.conversation, now() - self.idle_timeout,
+        )
+        if row is not None:
+            return _session(row)
+        await tx.execute(
+            "INSERT INTO sessions (id, user_id, formation_id, channel, conversation,"
+            " started_at, last_activity, context) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
+            session.id, session.user_id, session.formation_id, session.channel,
+            session.conversation, session.started_at, session.last_activity,
+        )
+        return session
+
+    async def open(self, user_id: str, formation: str, channel: str, conversation: str) -> Session:
+        """Continue the conversation's session, or start (and store) a fresh one."""
+        session = await self.plan(user_id, formation, channel, conversation)
+        if not session.is_new:
             return session
+        async with self.db.transaction() as tx:
+            return await self.insert(tx, session)
 
     async def get(self, user_id: str, session_id: str) -> Session:
         row = await self.db.fetchrow(
@@ -81,6 +89,15 @@ class Sessions:
             user_id, limit,
         )
         return [_session(r) for r in rows]
+
+    async def find(self, user_id: str, channel: str, conversation: str) -> Session | None:
+        """The conversation's latest session, however long ago it was active."""
+        row = await self.db.fetchrow(
+            f"SELECT {_COLUMNS} FROM sessions WHERE user_id = $1 AND channel = $2"
+            " AND conversation = $3 ORDER BY last_activity DESC LIMIT 1",
+            user_id, channel, conversation,
+        )
+        return _session(row) if row is not None else None
 
     async def latest(self, user_id: str) -> Session | None:
         """The user's most recently active conversation, on whatever channel."""
@@ -102,9 +119,10 @@ class Sessions:
                 new_id("msg"), session_id, seq + offset, role, content, at,
             )
 
-    async def add_message(self, session_id: str, role: str, content: str) -> SessionMessage:
+    async def add_message(self, session_id: str, role: str, content: str, *,
+                          q: Any = None) -> SessionMessage:
         message = SessionMessage(new_id("msg"), role, content, now())
-        await self.db.execute(
+        await (q or self.db).execute(
             "INSERT INTO session_messages (id, session_id, seq, role, content, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             message.id, session_id, time.time_ns(), role, content, message.created_at,
@@ -140,36 +158,3 @@ class Sessions:
                 user_id,
             )
         return len(rows)
-
-    async def claim_message(self, formation: str, channel: str, message_id: str, *,
-                            lease: float = CLAIM_LEASE) -> bool:
-        """True when this process should answer a platform message: the first time it is
-        seen, or when the process that claimed it died before finishing (after `lease`).
-        False for a redelivery of one answered or being answered."""
-        at = now()
-        sql = ("INSERT INTO processed_messages"
-               " (formation_id, channel, message_id, created_at, status)"
-               " VALUES ($1, $2, $3, $4, 'processing')"
-               " ON CONFLICT (formation_id, channel, message_id) DO UPDATE"
-               " SET created_at = excluded.created_at"
-               " WHERE processed_messages.status = 'processing'"
-               " AND processed_messages.created_at < $5"
-               " RETURNING message_id")
-        args = (formation, channel, message_id, at, at - lease)
-        if self.db.dialect == "postgres":  # one statement commits on its own
-            return await self.db.fetchval(sql, *args) is not None
-        async with self.db.transaction() as tx:
-            return await tx.fetchval(sql, *args) is not None
-
-    async def finish_message(self, formation: str, channel: str, message_id: str) -> None:
-        await self.db.execute(
-            "UPDATE processed_messages SET status = 'done'"
-            " WHERE formation_id = $1 AND channel = $2 AND message_id = $3",
-            formation, channel, message_id)
-
-    async def release_message(self, formation: str, channel: str, message_id: str) -> None:
-        """Forget a claim whose turn failed, so a redelivery is answered."""
-        await self.db.execute(
-            "DELETE FROM processed_messages WHERE formation_id = $1 AND channel = $2"
-            " AND message_id = $3 AND status = 'processing'",
-            formation, channel, message_id)

@@ -19,7 +19,7 @@ from memory.types import InvalidScheduleError, NotFoundError, Task, new_id, now
 
 LEASE_SECONDS = 300.0
 _COLUMNS = ("id, user_id, formation_id, kind, schedule, message, next_run, status, last_run,"
-            " created_at")
+            " created_at, channel, conversation, attempts, last_error, delivered_via")
 _EVERY = re.compile(r"^every\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
 _IN = re.compile(r"^in\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
 _UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -66,20 +66,30 @@ class Tasks:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def add(self, user_id: str, formation: str, kind: str, schedule: str,
-                  message: str) -> Task:
+    def plan(self, user_id: str, formation: str, kind: str, schedule: str, message: str, *,
+             channel: str | None = None, conversation: str | None = None) -> Task:
+        """A valid task, not stored yet; raises InvalidScheduleError naming the problem."""
         if not message.strip():
             raise InvalidScheduleError("a task needs a message")
         created = now()
-        task = Task(new_id("job"), user_id, formation, kind, schedule.strip(), message.strip(),
-                    next_run(kind, schedule, created), "scheduled", None, created)
-        await self.db.execute(
+        return Task(new_id("job"), user_id, formation, kind, schedule.strip(), message.strip(),
+                    next_run(kind, schedule, created), "scheduled", None, created, channel,
+                    conversation)
+
+    async def insert(self, task: Task, *, q: Any = None) -> Task:
+        await (q or self.db).execute(
             f"INSERT INTO scheduled_tasks ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-            " $9, $10)",
+            " $9, $10, $11, $12, $13, $14, $15)",
             task.id, task.user_id, task.formation_id, task.kind, task.schedule, task.message,
-            task.next_run, task.status, task.last_run, task.created_at,
+            task.next_run, task.status, task.last_run, task.created_at, task.channel,
+            task.conversation, task.attempts, task.last_error, task.delivered_via,
         )
         return task
+
+    async def add(self, user_id: str, formation: str, kind: str, schedule: str, message: str, *,
+                  channel: str | None = None, conversation: str | None = None) -> Task:
+        return await self.insert(self.plan(user_id, formation, kind, schedule, message,
+                                           channel=channel, conversation=conversation))
 
     async def list(self, user_id: str, *, include_done: bool = False) -> builtins.list[Task]:
         rows = await self.db.fetch(
@@ -88,7 +98,7 @@ class Tasks:
         )
         tasks = [_task(r) for r in rows]
         return tasks if include_done else [t for t in tasks if t.status in ("scheduled",
-                                                                             "running")]
+                                                                             "running", "failed")]
 
     async def get(self, user_id: str, task_id: str) -> Task:
         row = await self.db.fetchrow(
@@ -127,24 +137,35 @@ class Tasks:
             )
         return [_task(r) for r in rows]
 
-    async def finish(self, task: Task, worker: str, at: float | None = None) -> None:
+    async def finish(self, task: Task, worker: str, *, via: str | None = None,
+                     at: float | None = None, q: Any = None) -> None:
         """Mark a fired task done, or schedule a recurring one's next run."""
         at = now() if at is None else at
         if task.kind == "recurring":
             status, upcoming = "scheduled", next_run(task.kind, task.schedule, at)
         else:
             status, upcoming = "done", None
-        await self.db.execute(
+        await (q or self.db).execute(
             "UPDATE scheduled_tasks SET status = $3, next_run = $4, last_run = $5,"
-            " claimed_by = NULL, claimed_at = NULL WHERE id = $1 AND claimed_by = $2",
-            task.id, worker, status, upcoming, at,
+            " claimed_by = NULL, claimed_at = NULL, attempts = 0, last_error = NULL,"
+            " delivered_via = $6 WHERE id = $1 AND claimed_by = $2",
+            task.id, worker, status, upcoming, at, via,
         )
 
-    async def release(self, task: Task, worker: str, retry_in: float = 60.0) -> None:
-        """Give a claimed task back (delivery failed): it is tried again later."""
+    async def retry(self, task: Task, worker: str, *, delay: float, error: str) -> None:
+        """A delivery failed: try again after `delay` seconds, the reason kept."""
         await self.db.execute(
             "UPDATE scheduled_tasks SET status = 'scheduled', next_run = $3, claimed_by = NULL,"
-            " claimed_at = NULL WHERE id = $1 AND claimed_by = $2",
-            task.id, worker, now() + retry_in,
+            " claimed_at = NULL, attempts = attempts + 1, last_error = $4"
+            " WHERE id = $1 AND claimed_by = $2",
+            task.id, worker, now() + delay, error[:500],
         )
 
+    async def fail(self, task: Task, worker: str, *, error: str) -> None:
+        """Give up on a task whose deliveries kept failing; the reason stays visible."""
+        await self.db.execute(
+            "UPDATE scheduled_tasks SET status = 'failed', next_run = NULL, claimed_by = NULL,"
+            " claimed_at = NULL, attempts = attempts + 1, last_error = $3"
+            " WHERE id = $1 AND claimed_by = $2",
+            task.id, worker, error[:500],
+        )

@@ -2,7 +2,9 @@
 allows: every message pays for these, so they are written for speed.
 
 One query loads what the assistant needs (facts, synopsis, working memory, the session
-buffer, recent memories); one transaction stores the turn (on PostgreSQL one statement).
+buffer, recent memories); one transaction stores the turn with everything it changed, its
+scheduled tasks and the completion of the platform message's claim (on PostgreSQL a plain
+turn is one statement).
 """
 
 from __future__ import annotations
@@ -10,10 +12,24 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from identity.database import Database
-from memory.types import Fact, Memory, SessionMessage, WorkingItem, new_id, now
-from memory.user_memory import UserMemory
+from memory.claims import COMPLETE, ClaimLostError, Claims, MessageKey
+from memory.sessions import Sessions
+from memory.tasks import Tasks
+from memory.types import (
+    Changes,
+    Fact,
+    Memory,
+    Session,
+    SessionMessage,
+    Task,
+    WorkingItem,
+    new_id,
+    now,
+)
+from memory.user_memory import UserMemory, build_synopsis
 
 # Five reads and a count as one UNION ALL; each part yields (part, a, b, c, d, at).
 _CONTEXT = """
@@ -68,38 +84,134 @@ async def load_context(db: Database, users: UserMemory, user_id: str, session_id
     return ctx
 
 
+# A plain turn (no memory change, an existing session) on PostgreSQL is one statement. The
+# claim's completion gates everything else: when the lease was taken over, nothing is written.
 _STORE_PG = """
-WITH m AS (
+WITH c AS ({claim}),
+m AS (
     INSERT INTO session_messages (id, session_id, seq, role, content, created_at)
-    VALUES ($1, $3, $4, 'user', $5, $7), ($2, $3, $4 + 1, 'assistant', $6, $7)
+    SELECT * FROM (VALUES ($1, $3, $4::bigint, 'user', $5, $7::float8),
+                          ($2, $3, $4::bigint + 1, 'assistant', $6, $7::float8)) AS v
+    WHERE EXISTS (SELECT 1 FROM c)
 ), w AS (
     INSERT INTO working_memory (id, user_id, channel, role, content, created_at)
-    VALUES ($8, $10, $11, 'user', $12, $7), ($9, $10, $11, 'assistant', $13, $7 + 0.000001)
+    SELECT * FROM (VALUES ($8, $10, $11, 'user', $12, $7::float8),
+                          ($9, $10, $11, 'assistant', $13, $7::float8 + 0.000001)) AS v
+    WHERE EXISTS (SELECT 1 FROM c)
+), s AS (
+    UPDATE sessions SET last_activity = $7 WHERE id = $3 AND EXISTS (SELECT 1 FROM c)
 )
-UPDATE sessions SET last_activity = $7 WHERE id = $3
+SELECT count(*) FROM c
 """
+_STORE_PG_UNCLAIMED = _STORE_PG.format(claim="SELECT 1")
+_STORE_PG_CLAIMED = _STORE_PG.format(claim=COMPLETE.replace("$1", "$14").replace("$2", "$15")
+                                     .replace("$3", "$16").replace("$4", "$17")
+                                     .replace("$5", "$18").replace("$6", "$19"))
 
 
-async def store_plain_turn(db: Database, users: UserMemory, user_id: str, channel: str,
-                           session_id: str, text: str, answer: str, working_rows: int) -> None:
-    """Store a turn that changed no persistent memory (the common case)."""
-    at, seq = now(), time.time_ns()
-    args = (new_id("msg"), new_id("msg"), session_id, seq, text, answer, at,
-            new_id("wm"), new_id("wm"), user_id, channel, text[:2000], answer[:2000])
-    if db.dialect == "postgres":
-        await db.execute(_STORE_PG, *args)
-    else:
-        async with db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO session_messages (id, session_id, seq, role, content, created_at)"
-                " VALUES ($1, $3, $4, 'user', $5, $7), ($2, $3, $4 + 1, 'assistant', $6, $7)",
-                *args[:7])
-            await tx.execute(
-                "INSERT INTO working_memory (id, user_id, channel, role, content, created_at)"
-                " VALUES ($1, $3, $4, 'user', $5, $7),"
-                " ($2, $3, $4, 'assistant', $6, $7 + 0.000001)",
-                *args[7:], at)
-            await tx.execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
-                             session_id, at)
-    if users.needs_trim(working_rows):
-        await users.trim_working(user_id)
+@dataclass(frozen=True)
+class Completion:
+    """The claim a turn completes, and the reply kept with it."""
+
+    key: MessageKey
+    token: str
+    reply: dict[str, Any]
+    sent: bool
+
+
+@dataclass
+class TurnWrite:
+    """Everything one turn writes. `answer` None: the responder failed, and its apology is
+    said but not kept (the user's message and what it asked to remember are)."""
+
+    user_id: str
+    session: Session
+    text: str
+    answer: str | None
+    changes: Changes
+    tasks: list[Task]
+    loaded: TurnContext
+    completion: Completion | None = None
+
+
+class Turns:
+    """Load what a turn needs; store all a turn writes in one transaction, or nothing."""
+
+    def __init__(self, users: UserMemory, sessions: Sessions, tasks: Tasks,
+                 claims: Claims) -> None:
+        self.db = users.db
+        self.users, self.sessions, self.tasks, self.claims = users, sessions, tasks, claims
+
+    async def load(self, user_id: str, session: Session) -> TurnContext:
+        return await load_context(self.db, self.users, user_id, session.id,
+                                  self.sessions.buffer_size)
+
+    async def store(self, turn: TurnWrite) -> Session:
+        """Commit the turn; returns the session it went into (another turn may have opened
+        the conversation's session first). Raises ClaimLostError, writing nothing, when
+        another process completed the same message first."""
+        plain = (not turn.changes.persistent and not turn.tasks and not turn.session.is_new
+                 and turn.answer is not None)
+        if plain and self.db.dialect == "postgres":
+            await self._store_plain_pg(turn)
+            session = turn.session
+        else:
+            session = await self._store(turn)
+        if self.users.needs_trim(turn.loaded.working_rows):
+            await self.users.trim_working(turn.user_id)
+        return session
+
+    async def _store_plain_pg(self, turn: TurnWrite) -> None:
+        at, seq = now(), time.time_ns()
+        assert turn.answer is not None
+        args: tuple[Any, ...] = (
+            new_id("msg"), new_id("msg"), turn.session.id, seq, turn.text, turn.answer, at,
+            new_id("wm"), new_id("wm"), turn.user_id, turn.session.channel, turn.text[:2000],
+            turn.answer[:2000])
+        done = turn.completion
+        if done is None:
+            await self.db.fetchval(_STORE_PG_UNCLAIMED, *args)
+            return
+        status = "sent" if done.sent else "answered"
+        args += (*done.key.args, done.token, status, json.dumps(done.reply))
+        if not await self.db.fetchval(_STORE_PG_CLAIMED, *args):
+            raise ClaimLostError(f"message {done.key.message_id} was answered by another "
+                                 "process")
+
+    async def _store(self, turn: TurnWrite) -> Session:
+        users, changes, user_id = self.users, turn.changes, turn.user_id
+        said = [("user", turn.text)]
+        if turn.answer is not None:
+            said.append(("assistant", turn.answer))
+        facts = {(f.kind, f.key): f for f in turn.loaded.facts}
+        recent = list(turn.loaded.recent)
+        async with self.db.transaction() as tx:
+            session = turn.session
+            if session.is_new:
+                session = await self.sessions.insert(tx, session)
+            if turn.completion is not None:
+                done = turn.completion
+                reply = {**done.reply, "session_id": session.id}
+                await self.claims.complete(tx, done.key, done.token, reply, sent=done.sent)
+            for key, value in changes.facts.items():
+                await users.set_fact(user_id, key, value, q=tx)
+                facts[("fact", key)] = Fact("fact", key, value, now())
+            for key in changes.forget:
+                await users.forget_fact(user_id, key, q=tx)
+                facts.pop(("fact", key), None)
+            for value in changes.preferences:
+                key = value.lower()[:100]
+                await users.set_fact(user_id, key, value, kind="preference", q=tx)
+                facts[("preference", key)] = Fact("preference", key, value, now())
+            for content in changes.memories:
+                recent.insert(0, await users.add_memory(user_id, content,
+                                                        {"source": "conversation"}, q=tx))
+            if changes.persistent:
+                ordered = sorted(facts.values(), key=lambda f: (f.kind, f.updated_at))
+                await users.save_synopsis(user_id, build_synopsis(ordered, recent[:5]), q=tx)
+            await self.sessions.add_messages(session.id, said, q=tx)
+            await self.sessions.touch(session.id, q=tx)
+            await users.remember_turn(user_id, session.channel, said, q=tx, trim=False)
+            for task in turn.tasks:
+                await self.tasks.insert(task, q=tx)
+        return session

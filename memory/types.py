@@ -97,6 +97,33 @@ class Task:
     schedule: str
     message: str
     next_run: float | None
-    status: str  # "scheduled", "running", "done", "cancelled"
+    status: str  # "scheduled", "running", "done", "failed", "cancelled"
     last_run: float | None
     created_at: float
+    channel: str | None = None  # where it was asked: delivered there when that can reach
+    conversation: str | None = None
+    attempts: int = 0  # failed deliveries so far
+    last_error: str | None = None
+    delivered_via: str | None = None  # "telegram:123", or "transcript:web:tab-1"
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    kind: str  # one_time or recurring
+    schedule: str
+    message: str
+
+
+@dataclass
+class Changes:
+    """Memory changes a message asks for; they are stored with the turn, in one transaction."""
+
+    facts: dict[str, str] = field(default_factory=dict)
+    preferences: list[str] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    tasks: list[ScheduleRequest] = field(default_factory=list)
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.facts or self.preferences or self.memories or self.forget)

@@ -25,6 +25,7 @@ from adapters.inmemory import InMemoryChannel
 from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.scheduler import Scheduler
+from memory.claims import MessageKey
 from gateway.runtime.supervisor import AdapterConfigError
 
 # The `dovecot` and `smtp_server` fixtures live beside the servers they run.
@@ -241,7 +242,8 @@ async def test_a_forged_sender_gets_a_note_and_never_the_users_memory(
     # The messages never reached Alice: no email session, nothing new in her memory.
     assert [s.channel for s in await engine.memory.sessions.list(alice)] == ["web"]
     for message_id in (forged_id, failed_id):  # never claimed: the engine never saw them
-        assert await engine.memory.sessions.claim_message(engine.formation, "email", message_id)
+        key = MessageKey(engine.formation, "email", message_id)
+        assert (await engine.memory.claims.claim(key)).state == "claimed"
 
 
 async def test_in_drop_mode_a_forged_sender_gets_nothing(engine, dovecot, smtp_server,
@@ -321,13 +323,13 @@ async def test_restarts_of_imap_and_gateway_lose_and_duplicate_nothing(
         await wait_seen(dovecot, imap_user, ids[:3])
         assert len(smtp_server.received()) == 3
 
-        # 3. The gateway dies after the engine answered message 3 (the Message-ID is claimed,
-        #    the turn stored) but before the reply was written anywhere.
-        async def answer_then_die(parsed: Any, text: str) -> str:
-            await EmailAdapter._answer(first, parsed, text)
+        # 3. The gateway dies after the engine answered message 3 (the turn and its reply
+        #    committed) but before the reply was written anywhere: the restarted gateway
+        #    gets the stored reply from the engine, not a second turn.
+        async def die_before_storing(imap: Any, reply_id: str, data: bytes) -> Any:
             raise GatewayCrash
 
-        first._answer = answer_then_die  # type: ignore[method-assign]
+        first._store = die_before_storing  # type: ignore[method-assign]
         await seed(dovecot, imap_user, raws[3])
         with pytest.raises(GatewayCrash):
             await asyncio.wait_for(task, WAIT)

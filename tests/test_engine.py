@@ -1,14 +1,18 @@
 """The spec's story end to end through the engine, on SQLite and PostgreSQL."""
 
 import asyncio
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from adapters.inmemory import InMemoryChannel
 from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.messages import InboundMessage
 from gateway.conversation.responders.base import Response
-from gateway.conversation.scheduler import Scheduler
+from gateway.conversation.scheduler import Backoff, Scheduler
+from memory.claims import ClaimLostError, MessageKey
 from identity.database import PostgresDatabase
 
 
@@ -95,7 +99,7 @@ async def test_the_assistant_keeps_names_preferences_and_notes(engine):
     assert "Alex" not in (await web.push("a@x.co", "hello")).text
 
 
-async def test_reminders_fire_once_into_the_latest_conversation(engine, db):
+async def test_a_reminder_goes_where_it_was_asked_once(engine, db):
     web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
     reply = await web.push("a@x.co", "remind me in 1 minute to stretch")
     assert "stretch" in reply.text
@@ -109,12 +113,73 @@ async def test_reminders_fire_once_into_the_latest_conversation(engine, db):
     later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
     fired = await asyncio.gather(first.run_once(at=later), second.run_once(at=later))
     assert sum(fired) == 1
-    assert slack.outbox[-1].text == "⏰ Reminder: stretch" and slack.outbox[-1].conversation == "D1"
+    assert [m.text for m in web.outbox].count("⏰ Reminder: stretch") == 1
+    assert "⏰ Reminder: stretch" not in [m.text for m in slack.outbox]
     assert await first.run_once(at=later + 3600) == 0
     assert await engine.memory.tasks.list(reply.user_id) == []
+    buffer = await engine.memory.sessions.buffer(reply.session_id)
+    assert buffer[-1].content == "⏰ Reminder: stretch"  # in the transcript too
 
 
-async def test_a_failing_responder_apologises_and_keeps_the_turn(engine):
+async def test_a_reminder_reaches_the_latest_channel_when_its_own_cannot(engine):
+    web, slack = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "slack")
+    reply = await web.push("a@x.co", "remind me in 1 minute to stretch")
+    await engine.identity.associate(engine.formation, [("U1", "slack")], user_id=reply.user_id)
+    await slack.push(("U1", "slack"), "hi", conversation="D1")
+    web.reachable = False  # the page was closed
+    registry = ChannelRegistry()
+    registry.add(web)
+    registry.add(slack)
+    later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
+    assert await Scheduler(engine.memory, registry).run_once(at=later) == 1
+    assert slack.outbox[-1].text == "⏰ Reminder: stretch" and slack.outbox[-1].conversation == "D1"
+    task = (await engine.memory.tasks.list(reply.user_id, include_done=True))[0]
+    assert task.status == "done" and task.delivered_via == "slack:D1"
+
+
+async def test_a_reminder_nobody_can_receive_now_waits_in_the_transcript(engine):
+    web = InMemoryChannel(engine, "web")
+    reply = await web.push("a@x.co", "remind me in 1 minute to stretch")
+    web.reachable = False
+    registry = ChannelRegistry()
+    registry.add(web)
+    later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
+    await Scheduler(engine.memory, registry).run_once(at=later)
+    assert "⏰ Reminder: stretch" not in [m.text for m in web.outbox]
+    buffer = await engine.memory.sessions.buffer(reply.session_id)
+    assert buffer[-1].content == "⏰ Reminder: stretch"
+    task = (await engine.memory.tasks.list(reply.user_id, include_done=True))[0]
+    assert task.status == "done" and task.delivered_via == "transcript:web:main"
+
+
+async def test_failing_deliveries_back_off_then_give_up_with_the_reason(engine):
+    class Down:
+        name = "slack"
+
+        async def deliver(self, message):
+            raise ConnectionError("slack is unreachable")
+
+    slack = InMemoryChannel(engine, "slack")
+    reply = await slack.push(("U1", "slack"), "remind me in 1 minute to stretch")
+    registry = ChannelRegistry()
+    registry.add(Down())
+    scheduler = Scheduler(engine.memory, registry, backoff=Backoff(first=10, max_attempts=3))
+    at = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
+    delays = []
+    for _ in range(3):
+        assert await scheduler.run_once(at=at) == 0
+        task = (await engine.memory.tasks.list(reply.user_id))[0]
+        if task.status == "failed":
+            break
+        delays.append(task.next_run - time.time())
+        at = task.next_run + 1
+    assert task.status == "failed" and task.attempts == 3
+    assert task.last_error == "slack: ConnectionError: slack is unreachable"
+    assert [round(d, -1) for d in delays] == [10, 20]  # exponential
+    assert await scheduler.run_once(at=at + 10_000) == 0  # given up: never tried again
+
+
+async def test_a_failing_responder_apologises_without_keeping_the_apology(engine):
     class Broken:
         name = "broken"
 
@@ -124,9 +189,11 @@ async def test_a_failing_responder_apologises_and_keeps_the_turn(engine):
     engine.responder = Broken()
     web = InMemoryChannel(engine, "web")
     reply = await web.push("a@x.co", "my budget is $7")
-    assert "Sorry" in reply.text
+    assert "Sorry" in reply.text and web.outbox[-1].text == reply.text
     buffer = await engine.memory.sessions.buffer(reply.session_id)
-    assert buffer[0].content == "my budget is $7"
+    assert [m.content for m in buffer] == ["my budget is $7"]  # the apology is not context
+    working = await engine.memory.users.working(reply.user_id)
+    assert [w.content for w in working] == ["my budget is $7"]
     assert (await engine.memory.users.get_fact(reply.user_id, "budget")).value == "$7"
 
 
@@ -256,9 +323,51 @@ async def test_a_message_whose_turn_failed_is_answered_when_redelivered(engine):
 
 
 async def test_a_claim_left_by_a_dead_process_is_taken_over_after_the_lease(engine):
-    sessions = engine.memory.sessions
-    assert await sessions.claim_message("f", "web", "m-9")  # this process then dies
-    assert not await sessions.claim_message("f", "web", "m-9")  # within the lease
-    assert await sessions.claim_message("f", "web", "m-9", lease=0.0)  # after it
-    await sessions.finish_message("f", "web", "m-9")
-    assert not await sessions.claim_message("f", "web", "m-9", lease=0.0)  # answered
+    claims, key = engine.memory.claims, MessageKey("f", "web", "m-9")
+    first = await claims.claim(key)  # this process then dies
+    assert first.state == "claimed"
+    assert (await claims.claim(key)).state == "busy"  # within the lease
+    second = await claims.claim(key, lease=0.0)  # after it
+    assert second.state == "claimed" and second.token != first.token
+    async with engine.memory.claims.db.transaction() as tx:
+        with pytest.raises(ClaimLostError):  # the dead process's token no longer completes
+            await claims.complete(tx, key, first.token, {"text": "late"}, sent=True)
+    async with engine.memory.claims.db.transaction() as tx:
+        await claims.complete(tx, key, second.token, {"text": "hi"}, sent=True)
+    assert (await claims.claim(key, lease=0.0)).state == "sent"
+
+
+async def test_a_turn_whose_reply_was_never_said_is_said_on_redelivery_without_a_second_turn(
+        engine):
+    said = []
+
+    async def lost(reply):
+        raise ConnectionError("the platform went away before the reply was sent")
+
+    async def send(reply):
+        said.append(reply.text)
+
+    message = InboundMessage("web", "a@x.co", "main", "my budget is $5,000", message_id="m-1")
+    with pytest.raises(ConnectionError):
+        await engine.handle(message, lost)
+    again = await engine.handle(message, send)
+    assert said == ["Got it: your budget is $5,000."] and again.text == said[0]
+    assert await engine.handle(message, send) is None  # said now: a redelivery gets nothing
+    buffer = await engine.memory.sessions.buffer(again.session_id)
+    assert [m.content for m in buffer] == ["my budget is $5,000", said[0]]  # one turn
+
+
+async def test_a_replayed_request_gets_the_same_reply(engine):
+    message = InboundMessage("api", "a@x.co", "api:a", "my budget is $5,000",
+                             message_id="key-1", replay=True)
+    first = await engine.handle(message)
+    second = await engine.handle(replace(message, text="something else entirely"))
+    assert second == first
+    assert len(await engine.memory.sessions.buffer(first.session_id)) == 2
+
+
+async def test_start_greets_and_explains_linking(engine):
+    reply = await InMemoryChannel(engine, "telegram").push(("42", "telegram"), "/start")
+    assert "/link" in reply.text and "help" in reply.text
+    assert (await InMemoryChannel(engine, "telegram").push(
+        ("42", "telegram"), "/start ref-campaign", message_id="t-2")).text == reply.text

@@ -306,7 +306,7 @@ async def test_a_failed_turn_ends_the_stream_with_an_error_event(serve, monkeypa
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(runtime.engine, "converse_or_command", broken)
+    monkeypatch.setattr(runtime.engine, "handle", broken)
     async with httpx.AsyncClient(base_url=url) as http:
         r = await http.post("/webchat/messages", json={
             "text": "hi", "conversation": "t", "name": "user_123"})

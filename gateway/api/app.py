@@ -9,7 +9,13 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from gateway import __version__
-from gateway.api import routes_chat, routes_identity, routes_memory, routes_scheduler
+from gateway.api import (
+    routes_chat,
+    routes_events,
+    routes_identity,
+    routes_memory,
+    routes_scheduler,
+)
 from gateway.api.envelope import install_error_handlers
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
@@ -40,7 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def api_router() -> APIRouter:
     router = APIRouter(responses=ERRORS)
-    for module in (routes_identity, routes_chat, routes_memory, routes_scheduler):
+    for module in (routes_identity, routes_chat, routes_memory, routes_scheduler,
+                   routes_events):
         router.include_router(module.router)
     return router
 

@@ -26,12 +26,14 @@ log = structlog.get_logger("threadline.api")
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None, *,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details or {}
+        self.headers = headers
 
 
 def request_id(request: Request) -> str:
@@ -78,7 +80,8 @@ def _identity_status(exc: IdentityError) -> tuple[int, str, dict[str, Any]]:
 def install_error_handlers(app: Any) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+        return error_response(request, exc.status, exc.code, exc.message, exc.details,
+                              headers=exc.headers)
 
     @app.exception_handler(IdentityError)
     async def identity_error(request: Request, exc: IdentityError) -> JSONResponse:

@@ -12,8 +12,8 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, runtime, user_of
-from gateway.api.envelope import ok
-from gateway.conversation.messages import Reply
+from gateway.api.envelope import ApiError, ok
+from gateway.conversation.messages import InboundMessage, Reply
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import NotFoundError
@@ -29,6 +29,10 @@ class ChatBody(BaseModel):
     stream: bool = False
 
 
+IDEMPOTENCY_HEADER = "X-Muxi-Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
 async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> Reply:
     user = await user_of(request, f, rt, create=True)
     assert user is not None
@@ -42,10 +46,19 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
             conversation = (await rt.memory.sessions.get(user, body.session_id)).conversation
         except NotFoundError:
             conversation = f"api:{body.session_id}"
-    return await rt.engine.converse_or_command(
-        f.id, user, "api", conversation, body.message,
-        identifier=request.headers.get("X-Muxi-User-ID"),
-    )
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(422, "INVALID_PARAMS", f"{IDEMPOTENCY_HEADER}: 1-200 printable ASCII "
+                       "characters without spaces")
+    # A retry with the same key gets the same reply, never a second turn.
+    reply = await rt.engine.handle(InboundMessage(
+        channel="api", identifier=request.headers.get("X-Muxi-User-ID") or user,
+        conversation=conversation, text=body.message, formation=f.id, user_id=user,
+        message_id=f"{user}:{key}" if key else None, replay=True))
+    if reply is None:
+        raise ApiError(409, "REQUEST_IN_PROGRESS", f"a request with this {IDEMPOTENCY_HEADER} "
+                       "is being answered; retry shortly", headers={"Retry-After": "1"})
+    return reply
 
 
 @router.post("/chat", tags=["chat"], responses={200: {

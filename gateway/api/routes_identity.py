@@ -12,6 +12,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from gateway.api.deps import admin_access, client_access, formation, runtime
 from gateway.api.envelope import ApiError, ok
 from gateway.runtime.formations import Formation
+from gateway.runtime.health import Readiness
 from gateway.runtime.wiring import Runtime
 from identity import IdentityService
 
@@ -52,6 +53,23 @@ async def health(request: Request, f: Annotated[Formation, Depends(formation)]) 
 
     return ok(request, {"status": "healthy", "formation_id": f.id, "version": __version__},
               obj="health", type_="health")
+
+
+@router.get("/ready", tags=["health"], responses={503: {"description": "Cannot serve now"}})
+async def ready(request: Request, rt: Rt,
+                f: Annotated[Formation, Depends(formation)]) -> JSONResponse:
+    """Each component: database, cache, channels (`up`, `retrying` with the last error,
+    `stopped` with the reason), responder. 503 while the database or cache is down."""
+    readiness = getattr(request.app.state, "readiness", None)
+    if readiness is None:
+        readiness = request.app.state.readiness = Readiness(rt)
+    is_ready, report = await readiness.report()
+    response = ok(request, {**report, "formation_id": f.id}, obj="readiness",
+                  type_="readiness")
+    if not is_ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return response
 
 
 @router.post("/users/resolve", tags=["users"])

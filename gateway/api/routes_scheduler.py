@@ -30,7 +30,8 @@ class JobBody(BaseModel):
 def _job(t: Task) -> dict[str, Any]:
     return {"id": t.id, "type": t.kind, "schedule": t.schedule, "message": t.message,
             "user_id": t.user_id, "next_run": t.next_run, "status": t.status,
-            "last_run": t.last_run, "created_at": t.created_at}
+            "last_run": t.last_run, "created_at": t.created_at, "attempts": t.attempts,
+            "last_error": t.last_error, "delivered_via": t.delivered_via}
 
 
 async def _owned(rt: Runtime, f: Formation, job_id: str) -> Task:
@@ -53,7 +54,10 @@ async def jobs(request: Request, rt: Rt, f: Admin) -> JSONResponse:
 async def create_job(request: Request, body: JobBody, rt: Rt, f: Admin) -> JSONResponse:
     user = await user_of(request, f, rt, create=True, given=body.user_id)
     assert user is not None
-    task = await rt.memory.tasks.add(user, f.id, body.type, body.schedule, body.message)
+    # It is delivered where the API listens (GET /events) or else the user's latest channel.
+    caller = (body.user_id or request.headers.get("X-Muxi-User-ID") or user).strip()
+    task = await rt.memory.tasks.add(user, f.id, body.type, body.schedule, body.message,
+                                     channel="api", conversation=f"api:{caller}")
     return ok(request, _job(task), obj="job", type_="scheduler.job.created", status=201)
 
 

@@ -103,7 +103,8 @@ async def _channels(settings: Settings, database_ok: bool) -> list[Check]:
     if not database_ok:
         return [(f"channel {name}", False, "not checked: the database is unreachable")
                 for name in settings.channels]
-    from gateway.runtime.supervisor import AdapterConfigError, load_adapter
+    from gateway.conversation.ports import AdapterConfigError
+    from gateway.runtime.supervisor import load_adapter
     from gateway.runtime.wiring import Runtime
 
     results: list[Check] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -225,25 +226,46 @@ def chat(
     channel: str = typer.Option("cli", "--channel", "-c", help="Channel name for the session."),
     formation: str = FormationOption,
 ):
-    """Talk to the assistant in the terminal as an identifier (Ctrl+D to quit)."""
-    from gateway.conversation.messages import InboundMessage
+    """Talk to the assistant in the terminal as an identifier (Ctrl+D to quit).
+
+    Reminders set here arrive here while the chat runs (else on your latest channel)."""
+    from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
+
+    conversation = f"cli-{os.getpid()}"
+
+    class Terminal:
+        """This terminal as a channel, so the assistant can speak unprompted."""
+
+        name = channel
+
+        def can_reach(self, user_id: str, where: str) -> bool:
+            return where == conversation
+
+        async def deliver(self, message: OutboundMessage) -> None:
+            out.print(f"\n[bold]threadline>[/bold] {message.text}", highlight=False)
+
+    async def say(reply: Reply) -> None:
+        out.print(f"[bold]threadline>[/bold] {reply.text}", highlight=False)
 
     async def work(rt: Runtime) -> None:
-        conversation = f"cli-{os.getpid()}"
+        rt.channels.add(Terminal())
+        scheduler = asyncio.create_task(rt.scheduler.run())
         out.print(f"Talking as {identifier} on '{channel}'. Ctrl+D to quit.")
-        while True:
-            try:
-                text = await asyncio.to_thread(input, "you> ")
-            except EOFError:
-                out.print()
-                return
-            if not text.strip():
-                continue
-            reply = await rt.engine.handle(InboundMessage(
-                channel=channel, identifier=_parse_identifier(identifier),
-                conversation=conversation, text=text, formation=formation or None))
-            if reply is not None:
-                out.print(f"[bold]threadline>[/bold] {reply.text}", highlight=False)
+        try:
+            while True:
+                try:
+                    text = await asyncio.to_thread(input, "you> ")
+                except EOFError:
+                    out.print()
+                    return
+                if text.strip():
+                    await rt.engine.handle(InboundMessage(
+                        channel=channel, identifier=_parse_identifier(identifier),
+                        conversation=conversation, text=text, formation=formation or None,
+                        message_id=f"{conversation}:{uuid.uuid4().hex}"), say)
+        finally:
+            rt.scheduler.stop()
+            await scheduler
 
     _run(work)
 

@@ -1,5 +1,5 @@
 """Commands every channel understands before the assistant sees the message:
-/link, /link CODE and /whoami."""
+/start, /help, /link, /link CODE and /whoami."""
 
 from __future__ import annotations
 
@@ -11,10 +11,27 @@ from identity.linking import CODE_TTL, Linker
 _LINK = re.compile(r"^\s*(?:/link|link my account|link account)\s*[.!]?\s*$", re.I)
 _REDEEM = re.compile(r"^\s*/link\s+([A-Za-z0-9-]{4,40})\s*$", re.I)
 _WHOAMI = re.compile(r"^\s*(?:/whoami|who am i linked as\??)\s*$", re.I)
+# Telegram sends "/start" (with a deep-link payload, sometimes) when a person opens the bot.
+_START = re.compile(r"^\s*/start(?:\s+\S{1,64})?\s*$", re.I)
+_HELP = re.compile(r"^\s*/help\s*$", re.I)
+
+HELP = (
+    "I remember what you tell me, on every channel you have linked. Try:\n"
+    "• my budget is $5,000 — then: what's my budget?\n"
+    "• call me Alex · I prefer short answers · remember that the demo is on Friday\n"
+    "• what do you know about me? · forget my budget\n"
+    "• remind me in 10 minutes to stretch · remind me at 14:30 to call Bob\n"
+    "• /link to connect another channel, /whoami to see your linked channels"
+)
+WELCOME = (
+    "Hi! I'm your assistant, and I remember what you tell me on every channel you use.\n"
+    "Say help to see what I can do. Already talk to me elsewhere (Slack, email, the web "
+    "chat)? Send /link there, then /link CODE here, and I'll know you in both places."
+)
 
 
 def is_command(text: str) -> bool:
-    return bool(_LINK.match(text) or _REDEEM.match(text) or _WHOAMI.match(text))
+    return any(p.match(text) for p in (_LINK, _REDEEM, _WHOAMI, _START, _HELP))
 
 
 def mask(item: LinkedIdentifier) -> str:
@@ -32,6 +49,10 @@ def mask(item: LinkedIdentifier) -> str:
 
 async def run_command(text: str, *, formation: str, identifier: object, user_id: str,
                       identity: IdentityService, linker: Linker) -> str:
+    if _START.match(text):
+        return WELCOME
+    if _HELP.match(text):
+        return HELP
     if _WHOAMI.match(text):
         items = await identity.identifiers_of(formation, user_id)
         lines = [f"• {item.type or 'other'}: {mask(item)}" for item in items]

@@ -1,26 +1,40 @@
-"""The one conversation engine every channel and the HTTP API go through."""
+"""The one conversation engine: every transport hands it a message through `handle`.
+
+A turn is one unit of work. The platform message is claimed (a lease), the user resolved,
+the assistant asked, and then the turn's memory changes, its scheduled tasks and the
+completion of the claim (with the reply kept) commit in one transaction, or nothing does.
+A redelivered message whose turn committed gets the stored reply, never a second turn.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import asdict, replace
+from typing import Any
 
 import structlog
 
 from gateway.conversation.commands import is_command, run_command
 from gateway.conversation.messages import InboundMessage, Reply
+from gateway.conversation.ports import Send
 from gateway.conversation.responders.base import Context, Responder, Response
 from gateway.conversation.responders.rules import understand
-from identity import IdentityService
+from identity import IdentifierConflictError, IdentityService, InvalidIdentifierError
 from identity.linking import Linker
 from memory import Memory
-from memory.turns import TurnContext, load_context, store_plain_turn
-from memory.types import Fact, now
-from memory.user_memory import build_synopsis
+from memory.claims import ClaimLostError, MessageKey
+from memory.turns import Completion, TurnWrite
+from memory.types import InvalidScheduleError, ScheduleRequest, Task, now
 
 log = structlog.get_logger("threadline.engine")
 
-APOLOGY = "Sorry, I couldn't answer that just now. Your message is saved; please try again."
+APOLOGY = ("Sorry, I couldn't answer that just now. Your message is saved; "
+           "please try again in a moment.")
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class Engine:
@@ -32,99 +46,129 @@ class Engine:
         self.formation = formation
         self.linker = Linker(memory.users.db, identity)
 
-    async def handle(self, message: InboundMessage) -> Reply | None:
-        """Answer one message; None when it is a redelivery of one already answered."""
+    # -- the port every transport uses --
+
+    async def handle(self, message: InboundMessage, send: Send | None = None) -> Reply | None:
+        """Answer one message and say the reply through `send` (when given).
+
+        None when the message is a redelivery of one answered (or being answered) already;
+        with `message.replay` an answered one gets its stored reply again instead. A reply
+        stored before a crash but never said is said now, without a second turn."""
         formation = message.formation or self.formation
-        if message.message_id is not None and not await self.memory.sessions.claim_message(
-            formation, message.channel, message.message_id
-        ):
-            log.info("duplicate message ignored", channel=message.channel)
-            return None
+        key = (MessageKey(formation, message.channel, message.message_id)
+               if message.message_id is not None else None)
+        token: str | None = None
+        if key is not None:
+            claim = await self.memory.claims.claim(key)
+            if claim.state == "busy":
+                log.info("message is being answered already", channel=message.channel)
+                return None
+            if claim.state == "sent":
+                log.info("duplicate message ignored", channel=message.channel)
+                return _reply(claim.reply) if message.replay and claim.reply else None
+            if claim.state == "answered" and claim.reply:
+                log.info("stored reply said again", channel=message.channel)
+                return await self._say(key, _reply(claim.reply), send)
+            token = claim.token
         try:
-            user_id = await self.identity.resolve(formation, message.identifier)
-            assert user_id is not None
-            reply = await self.converse_or_command(formation, user_id, message.channel,
-                                                   message.conversation, message.text,
-                                                   identifier=message.identifier)
+            reply = await self._answer(formation, message, key, token, sent=send is None)
+        except ClaimLostError:
+            log.info("message answered by another process", channel=message.channel)
+            return None
         except BaseException:
-            if message.message_id is not None:  # let a redelivery try again
-                await asyncio.shield(self.memory.sessions.release_message(
-                    formation, message.channel, message.message_id))
+            if key is not None and token is not None:  # let a redelivery try again
+                await asyncio.shield(self.memory.claims.release(key, token))
             raise
-        if message.message_id is not None:
-            await self.memory.sessions.finish_message(formation, message.channel,
-                                                      message.message_id)
+        return await self._say(key, reply, send)
+
+    async def owner(self, identifier: Any, *, formation: str | None = None) -> str | None:
+        return await self.identity.resolve(formation or self.formation, identifier,
+                                           create=False)
+
+    async def link_by_email(self, identifier: Any, email: str, *,
+                            formation: str | None = None) -> str | None:
+        formation = formation or self.formation
+        if (owner := await self.owner(identifier, formation=formation)) is not None:
+            return owner
+        try:
+            result = await self.identity.associate(formation, [email, identifier])
+        except (IdentifierConflictError, InvalidIdentifierError) as exc:
+            log.warning("email match refused", reason=str(exc))
+            return None
+        log.info("matched by email", user_id=result.user_id, created_user=result.created_user)
+        return result.user_id
+
+    # -- one turn --
+
+    async def _say(self, key: MessageKey | None, reply: Reply, send: Send | None) -> Reply:
+        if send is not None:
+            await send(reply)  # when this fails the stored reply is said on redelivery
+            if key is not None:
+                await self.memory.claims.mark_sent(key)
         return reply
 
-    async def converse_or_command(self, formation: str, user_id: str, channel: str,
-                                  conversation: str, text: str, *,
-                                  identifier: object = None) -> Reply:
-        """A /link, /link CODE or /whoami command, or else one conversation turn."""
-        if is_command(text):
-            # Not a conversation turn: link codes stay out of buffers and memory.
-            answer = await run_command(text, formation=formation,
-                                       identifier=identifier or user_id, user_id=user_id,
-                                       identity=self.identity, linker=self.linker)
-            return Reply(answer, user_id, "", f"req_{uuid.uuid4().hex[:16]}")
-        return await self.converse(formation, user_id, channel, conversation, text)
-
-    async def converse(self, formation: str, user_id: str, channel: str, conversation: str,
-                       text: str) -> Reply:
-        """One turn for a known user: open the session, answer, store what was learned."""
+    async def _answer(self, formation: str, message: InboundMessage, key: MessageKey | None,
+                      token: str | None, *, sent: bool) -> Reply:
+        user_id = message.user_id or await self.identity.resolve(formation, message.identifier)
+        assert user_id is not None
         request_id = f"req_{uuid.uuid4().hex[:16]}"
-        users, sessions = self.memory.users, self.memory.sessions
-        session = await sessions.open(user_id, formation, channel, conversation)
-        loaded = await load_context(users.db, users, user_id, session.id,
-                                    sessions.buffer_size)
-        relevant = await users.search_memories(user_id, text) if loaded.recent else []
+        if is_command(message.text):
+            # Not a conversation turn: link codes stay out of buffers and memory.
+            text = await run_command(message.text, formation=formation,
+                                     identifier=message.identifier or user_id, user_id=user_id,
+                                     identity=self.identity, linker=self.linker)
+            reply = Reply(text, user_id, "", request_id)
+            if key is not None and token is not None:
+                async with self.memory.claims.db.transaction() as tx:
+                    await self.memory.claims.complete(tx, key, token, asdict(reply), sent=sent)
+            return reply
+        return await self._converse(formation, user_id, message, request_id,
+                                    Completion(key, token, {}, sent)
+                                    if key is not None and token is not None else None)
+
+    async def _converse(self, formation: str, user_id: str, message: InboundMessage,
+                        request_id: str, completion: Completion | None) -> Reply:
+        memory, channel, text = self.memory, message.channel, message.text
+        session = await memory.sessions.plan(user_id, formation, channel, message.conversation)
+        loaded = await memory.turns.load(user_id, session)
+        relevant = await memory.users.search_memories(user_id, text) if loaded.recent else []
         at = now()
         context = Context(user_id, formation, channel, text, session, loaded.synopsis,
                           loaded.facts, relevant, loaded.recent, loaded.working, loaded.buffer,
                           at)
         changes = understand(text, at).changes
+        answer: str | None
         try:
             response = await self.responder.respond(context, changes)
-        except Exception:
-            log.exception("responder failed", responder=self.responder.name, user_id=user_id)
-            response = Response(APOLOGY, changes)
-        if response.changes.persistent or response.changes.tasks:
-            await self._store(formation, user_id, channel, session.id, text, response, loaded)
-        else:
-            await store_plain_turn(users.db, users, user_id, channel, session.id, text,
-                                   response.text, loaded.working_rows)
-        log.info("turn", channel=channel, user_id=user_id, session_id=session.id,
+            answer = response.text
+        except Exception as exc:  # the apology is said, never kept as memory
+            log.warning("responder failed", responder=self.responder.name, user_id=user_id,
+                        error=describe(exc))
+            response, answer = Response(APOLOGY, changes), None
+        reply = Reply(response.text, user_id, session.id, request_id)
+        if completion is not None:
+            completion = replace(completion, reply=asdict(reply))
+        tasks = self._tasks(user_id, formation, message, response.changes.tasks)
+        stored = await memory.turns.store(TurnWrite(
+            user_id, session, text, answer, response.changes, tasks, loaded, completion))
+        log.info("turn", channel=channel, user_id=user_id, session_id=stored.id,
                  new_session=session.is_new, request_id=request_id)
-        return Reply(response.text, user_id, session.id, request_id)
+        return reply if stored.id == session.id else replace(reply, session_id=stored.id)
 
-    async def _store(self, formation: str, user_id: str, channel: str, session_id: str,
-                     text: str, response: Response, loaded: TurnContext) -> None:
-        """A turn that changes memory, in one transaction: the changes, the synopsis rebuilt
-        from what was loaded plus the changes, the buffer and working memory."""
-        users, changes = self.memory.users, response.changes
-        turns = [("user", text), ("assistant", response.text)]
-        facts = {(f.kind, f.key): f for f in loaded.facts}
-        recent = list(loaded.recent)
-        async with users.db.transaction() as tx:
-            for key, value in changes.facts.items():
-                await users.set_fact(user_id, key, value, q=tx)
-                facts[("fact", key)] = Fact("fact", key, value, now())
-            for key in changes.forget:
-                await users.forget_fact(user_id, key, q=tx)
-                facts.pop(("fact", key), None)
-            for value in changes.preferences:
-                key = value.lower()[:100]
-                await users.set_fact(user_id, key, value, kind="preference", q=tx)
-                facts[("preference", key)] = Fact("preference", key, value, now())
-            for content in changes.memories:
-                recent.insert(0, await users.add_memory(user_id, content,
-                                                        {"source": "conversation"}, q=tx))
-            if changes.persistent:
-                ordered = sorted(facts.values(), key=lambda f: (f.kind, f.updated_at))
-                await users.save_synopsis(user_id, build_synopsis(ordered, recent[:5]), q=tx)
-            await self.memory.sessions.add_messages(session_id, turns, q=tx)
-            await self.memory.sessions.touch(session_id, q=tx)
-            await users.remember_turn(user_id, channel, turns, q=tx,
-                                      trim=users.needs_trim(loaded.working_rows))
-        for task in changes.tasks:
-            await self.memory.tasks.add(user_id, formation, task.kind, task.schedule,
-                                        task.message)
+    def _tasks(self, user_id: str, formation: str, message: InboundMessage,
+               requests: list[ScheduleRequest]) -> list[Task]:
+        tasks = []
+        for request in requests:
+            try:
+                tasks.append(self.memory.tasks.plan(
+                    user_id, formation, request.kind, request.schedule, request.message,
+                    channel=message.channel, conversation=message.conversation))
+            except InvalidScheduleError as exc:
+                log.warning("scheduled task refused", user_id=user_id, reason=str(exc))
+        return tasks
+
+
+def _reply(data: dict[str, Any] | None) -> Reply:
+    data = data or {}
+    return Reply(str(data.get("text", "")), str(data.get("user_id", "")),
+                 str(data.get("session_id", "")), str(data.get("request_id", "")))

@@ -14,7 +14,10 @@ class InboundMessage:
     `identifier` is any form the identity core accepts, e.g. ("U98765ABC", "slack").
     `conversation` names the conversation within the channel (a Slack thread, a Telegram
     chat, an email thread, a web chat tab): one conversation is one session.
-    `message_id` is the platform's id; a redelivery of the same id is not answered twice.
+    `message_id` is the platform's id; a redelivery of the same id gets no second turn.
+    `replay`: a redelivery of a message already answered gets the same reply again (an
+    HTTP retry with the same idempotency key) rather than nothing (a platform redelivery).
+    `user_id`: set when the transport has already resolved who is talking (the API).
     Platform-only data rides in `extras`.
     """
 
@@ -25,6 +28,8 @@ class InboundMessage:
     message_id: str | None = None
     formation: str | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    replay: bool = False
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,15 @@ class OutboundMessage:
 
 
 class Channel(Protocol):
-    """What the engine needs from a channel to reach a person unprompted."""
+    """What delivery needs from a channel to reach a person unprompted."""
 
     name: str
 
     async def deliver(self, message: OutboundMessage) -> None: ...
+
+
+class Reachable(Protocol):
+    """A channel that can tell whether it can reach a person right now (a web chat page is
+    open, an API client listens for events); channels without it reach whenever running."""
+
+    def can_reach(self, user_id: str, conversation: str) -> bool: ...

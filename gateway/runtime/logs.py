@@ -1,14 +1,62 @@
-"""structlog set-up: JSON in production, readable lines in a terminal."""
+"""One log stream: Threadline's structlog lines and every library's `logging` records
+(python-telegram-bot, discord.py, slack-bolt, aioimaplib, uvicorn, …) rendered alike,
+JSON in production (one object per line), readable lines in a terminal.
+
+A traceback of an expected network failure (a refused connection, a timeout, a dropped
+poll) is folded into one `error` field: such failures are retried, and a page of traceback
+for each would bury what matters.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+# Libraries that log every request at INFO; their warnings still come through.
+_CHATTY = ("httpx", "httpcore", "hpack", "websockets", "asyncio", "aiosqlite", "urllib3")
+_NETWORK_LIBRARIES = {"httpx", "httpcore", "aiohttp", "telegram", "discord", "slack_sdk",
+                      "slack_bolt", "aioimaplib", "aiosmtplib", "websockets", "asyncpg",
+                      "redis"}
+_NETWORK_WORDS = ("Network", "Timeout", "TimedOut", "Connect", "Connection", "Disconnect",
+                  "ClientError", "ServerError", "ProtocolError", "Abort", "Closed")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, EOFError)):  # ConnectionError is an OSError
+        return True
+    for cls in type(exc).__mro__:
+        library = cls.__module__.split(".")[0]
+        if library in _NETWORK_LIBRARIES and any(w in cls.__name__ for w in _NETWORK_WORDS):
+            return True
+    return False
+
+
+def _exception(exc_info: Any) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        return exc_info[1]  # type: ignore[no-any-return]
+    if exc_info is True:
+        return sys.exc_info()[1]
+    return None
+
+
+def fold_network_tracebacks(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    exc = _exception(event.get("exc_info"))
+    if exc is not None and is_network_error(exc):
+        del event["exc_info"]
+        event.setdefault("error", f"{type(exc).__name__}: {exc}" if str(exc)
+                         else type(exc).__name__)
+    return event
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that configuring again replaces it rather than adding a second one."""
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
@@ -19,11 +67,13 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
+            fold_network_tracebacks,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -31,3 +81,17 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = _Handler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           stamp, fold_network_tracebacks],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[level]))

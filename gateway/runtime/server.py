@@ -47,7 +47,7 @@ def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[An
             log.error("channel not started: bad configuration", channel=name, error=str(exc))
             continue
         supervisor.add(adapter)
-        runtime.channels.add(adapter)
+        runtime.channels.add(adapter, is_up=lambda name=name: supervisor.is_up(name))
         routes.extend(adapter.routes())
     return supervisor, refused, routes
 
@@ -65,6 +65,7 @@ async def build(settings: Settings) -> Gateway:
     try:
         formations = load_formations(settings)
         supervisor, refused, routes = load_channels(runtime)
+        runtime.channel_states = supervisor.states
         routes += webchat_routes(runtime, formations[settings.formation_id])
     except BaseException:
         await runtime.close()
@@ -119,7 +120,8 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
 
     app = create_app(runtime, gateway.formations, extra_routes=gateway.routes,
                      lifespan=lifespan)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+    # log_config=None: uvicorn logs through the one log stream (see gateway.runtime.logs).
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
                             timeout_graceful_shutdown=10, access_log=False)
     server = uvicorn.Server(config)
     original_startup = server.startup

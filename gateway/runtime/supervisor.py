@@ -1,8 +1,8 @@
-"""Channel adapters: the contract, the loader and the supervisor that keeps them running.
+"""The channel loader and the supervisor that keeps every channel running.
 
-A channel is one module `adapters/<name>.py` with a function
-`create(config: dict, engine: Engine) -> Adapter`, enabled by a `channels.<name>` section in
-the formation file. The core never imports an adapter by name; it loads what is configured.
+A channel is one module `adapters/<name>.py` (see `gateway.conversation.ports`), enabled by a
+`channels.<name>` section in the formation file. The core never imports an adapter by name;
+it loads what is configured.
 """
 
 from __future__ import annotations
@@ -13,37 +13,19 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.engine import describe
+from gateway.conversation.ports import Adapter, AdapterConfigError, Conversations
+
+__all__ = ["AdapterConfigError", "ChannelState", "Supervisor", "load_adapter"]
 
 log = structlog.get_logger("threadline.channels")
 
 
-class AdapterConfigError(Exception):
-    """A channel's settings are missing or wrong; the message names the setting."""
-
-
-class Adapter(Protocol):
-    name: str
-
-    async def run(self) -> None:
-        """Serve the channel until cancelled; raising means it failed and is retried."""
-
-    async def deliver(self, message: OutboundMessage) -> None:
-        """Send a message to a conversation unprompted (reminders)."""
-
-    async def check(self) -> str:
-        """Verify credentials and reachability for `threadline doctor`; raise on a problem,
-        return a one-line description (e.g. the bot's name) when fine."""
-
-    def routes(self) -> list[Any]:
-        """Starlette routes this channel serves inside the gateway (webhooks), if any."""
-
-
-def load_adapter(name: str, config: Mapping[str, Any], engine: Any) -> Adapter:
+def load_adapter(name: str, config: Mapping[str, Any], conversations: Conversations) -> Adapter:
     try:
         module = importlib.import_module(f"adapters.{name}")
     except ModuleNotFoundError as exc:
@@ -52,21 +34,40 @@ def load_adapter(name: str, config: Mapping[str, Any], engine: Any) -> Adapter:
                 f"no channel named {name!r} (no module adapters/{name}.py)"
             ) from None
         raise
-    return module.create(dict(config), engine)
+    adapter: Adapter = module.create(dict(config), conversations)
+    return adapter
 
 
 @dataclass
 class ChannelState:
+    """`starting`, `up` (connected), `retrying` (after `last_error`), or `stopped` (with
+    `last_error` saying why: bad credentials or settings are not retried)."""
+
     name: str
-    status: str = "starting"  # starting, running, retrying, stopped
+    status: str = "starting"
+    detail: str = ""
     failures: int = 0
     last_error: str = ""
     since: float = field(default_factory=time.time)
 
+    def set(self, status: str, detail: str = "") -> None:
+        self.status, self.detail, self.since = status, detail, time.time()
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "since": self.since}
+        if self.detail:
+            out["detail"] = self.detail
+        if self.last_error:
+            out["last_error"] = self.last_error
+        if self.failures:
+            out["failures"] = self.failures
+        return out
+
 
 class Supervisor:
-    """Runs each adapter in its own task; a failure is retried with capped exponential
-    backoff and never touches the other channels or the API."""
+    """Runs each adapter in its own task. A network failure is retried with capped
+    exponential backoff; refused credentials stop the channel with a report. Neither
+    touches the other channels or the API."""
 
     def __init__(self, *, base_delay: float = 1.0, max_delay: float = 60.0) -> None:
         self.base_delay = base_delay
@@ -79,6 +80,10 @@ class Supervisor:
         self.adapters[adapter.name] = adapter
         self.states[adapter.name] = ChannelState(adapter.name)
 
+    def is_up(self, name: str) -> bool:
+        state = self.states.get(name)
+        return state is not None and state.status == "up"
+
     def start(self) -> None:
         for name, adapter in self.adapters.items():
             if name not in self._tasks:
@@ -87,24 +92,34 @@ class Supervisor:
 
     async def _keep(self, adapter: Adapter) -> None:
         state = self.states[adapter.name]
+
+        def ready(detail: str) -> None:
+            state.set("up", detail)
+            log.info("channel up", channel=adapter.name, detail=detail or None)
+
         while True:
-            state.status, state.since = "running", time.time()
-            log.info("channel started", channel=adapter.name)
+            state.set("starting")
             started = time.monotonic()
             try:
-                await adapter.run()
+                await adapter.run(ready)
                 raise RuntimeError("channel stopped by itself")
             except asyncio.CancelledError:
-                state.status = "stopped"
+                state.set("stopped", "shut down")
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure is retried
+            except AdapterConfigError as exc:
+                state.last_error = str(exc)
+                state.set("stopped", "bad credentials or settings")
+                log.error("channel stopped: bad credentials or settings",
+                          channel=adapter.name, error=str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - any other failure is retried
                 if time.monotonic() - started > self.max_delay:
                     state.failures = 0  # it ran fine for a while: start backoff afresh
                 state.failures += 1
-                state.last_error = f"{type(exc).__name__}: {exc}"
+                state.last_error = describe(exc)
                 delay = min(self.max_delay, self.base_delay * 2 ** (state.failures - 1))
                 delay *= random.uniform(0.8, 1.2)
-                state.status = "retrying"
+                state.set("retrying")
                 log.warning("channel failed; retrying", channel=adapter.name,
                             error=state.last_error, retry_in=round(delay, 1),
                             failures=state.failures)

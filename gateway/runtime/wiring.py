@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from config.settings import Settings
 from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.engine import Engine
+from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
@@ -37,6 +39,9 @@ class Runtime:
     engine: Engine
     channels: ChannelRegistry
     scheduler: Scheduler
+    events: EventHub
+    # The channels' states as the supervisor keeps them (set by `serve`), for readiness.
+    channel_states: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -58,9 +63,13 @@ class Runtime:
             await db.close()
             raise
         engine = Engine(identity, memory, responder, formation=settings.formation_id)
-        channels = ChannelRegistry()
+        # The web chat and the API are channels too: they reach a person while a page or an
+        # event stream of theirs is open.
+        events, channels = EventHub(), ChannelRegistry()
+        channels.add(LiveChannel("web", events))
+        channels.add(LiveChannel("api", events))
         return cls(settings, db, identity, memory, engine, channels,
-                   Scheduler(memory, channels))
+                   Scheduler(memory, channels), events)
 
     async def close(self) -> None:
         if getattr(self, "_closed", False):

@@ -18,9 +18,13 @@ In development, for a client on this machine (loopback) and with no webchat secr
 the page instead asks for a name: whatever identifier is typed is who is talking.
 
 Routes: GET / and /chat (the page); GET /webchat/config (token or name mode, and why);
-POST /webchat/messages {"text", "conversation", "token" | "name"} answering a
+POST /webchat/messages {"text", "conversation", "token" | "name", "message_id"?} answering a
 text/event-stream of `data: {"token": …}` frames, then `event: done` {"user_id",
-"session_id", "request_id"}, or `event: error` {"error", "type"}.
+"session_id", "request_id"}, or `event: error` {"error", "type"} (a retry with the same
+message_id gets the same reply, never a second turn);
+GET /webchat/events?conversation=…&token=…|name=… a text/event-stream of `event: push`
+frames (reminders) while the page is open; GET /webchat/transcript?conversation=…&… the
+conversation so far, for a page opened again.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from starlette.routing import Route
 
 from config.settings import ConfigError, Settings
 from gateway.api.envelope import error_response
-from gateway.conversation.messages import Reply
+from gateway.conversation.engine import describe
+from gateway.conversation.messages import InboundMessage, Reply
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from gateway.webchat.tokens import TokenError, verify_token
@@ -55,6 +60,8 @@ MAX_TEXT = 20_000
 MAX_BODY = 1 << 20  # a 20,000-character text fits even written as \uXXXX escapes
 MIN_SECRET = 16
 PAGE = Path(__file__).parent / "static" / "webchat.html"
+KEEP_ALIVE = 15.0  # seconds between comments on an idle event stream
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _TOKENS = re.compile(r"\S+\s*|\s+")
@@ -180,17 +187,71 @@ class WebChat:
         try:
             body = await _read_body(request)
             text, conversation = _text(body), _conversation(body)
-            token, name = body.get("token"), body.get("name")
-            if token is not None and name is not None:
-                raise _Invalid("token", "send either a token or a name, not both")
-            if token is not None and not isinstance(token, str):
-                raise _Invalid("token", "token must be a string")
-            if name is not None and (not isinstance(name, str) or not name.strip()):
-                raise _Invalid("name", "name must be a non-empty string")
+            message_id = body.get("message_id")
+            if message_id is not None and (not isinstance(message_id, str)
+                                           or not _CONVERSATION.match(message_id)):
+                raise _Invalid("message_id", "message_id must be 1-100 letters, digits, '_', "
+                                             "'.', ':' or '-'")
         except _Invalid as exc:
             return _invalid(request, exc.field, exc.message)
         except ClientDisconnect:
             return Response(status_code=400)
+        who = await self._who(request, body)
+        if isinstance(who, Response):
+            return who
+        identifier, user_id = who
+        message = InboundMessage(
+            channel=CHANNEL, identifier=identifier, conversation=conversation, text=text,
+            formation=self.formation.id, user_id=user_id, replay=True,
+            message_id=f"{user_id}:{message_id}" if message_id else None)
+        return StreamingResponse(self._stream(message), media_type="text/event-stream",
+                                 headers=_STREAM_HEADERS)
+
+    async def events(self, request: Request) -> Response:
+        """What the assistant says unprompted in this conversation, while the page is open."""
+        query = dict(request.query_params)
+        try:
+            conversation = _conversation(query)
+        except _Invalid as exc:
+            return _invalid(request, exc.field, exc.message)
+        who = await self._who(request, query)
+        if isinstance(who, Response):
+            return who
+        return StreamingResponse(self._listen(who[1], conversation), media_type="text/event-stream",
+                                 headers=_STREAM_HEADERS)
+
+    async def transcript(self, request: Request) -> Response:
+        """The conversation so far (its latest session), for a page opened again."""
+        query = dict(request.query_params)
+        try:
+            conversation = _conversation(query)
+        except _Invalid as exc:
+            return _invalid(request, exc.field, exc.message)
+        who = await self._who(request, query, create=False)
+        if isinstance(who, Response):
+            return who
+        messages: list[dict[str, Any]] = []
+        if who[1]:
+            sessions = self.runtime.memory.sessions
+            session = await sessions.find(who[1], CHANNEL, conversation)
+            if session is not None:
+                rows, _ = await sessions.messages(session.id, limit=200)
+                messages = [{"role": m.role, "content": m.content, "created_at": m.created_at}
+                            for m in rows]
+        return JSONResponse({"conversation": conversation, "messages": messages},
+                            headers={"Cache-Control": "no-store"})
+
+    async def _who(self, request: Request, given: dict[str, Any], *,
+                   create: bool = True) -> tuple[Any, str] | Response:
+        """Who is talking (a verified token, or a name in development) and their user, or
+        the response refusing the request."""
+        token, name = given.get("token"), given.get("name")
+        if token is not None and name is not None:
+            return _invalid(request, "token", "send either a token or a name, not both")
+        if token is not None and not isinstance(token, str):
+            return _invalid(request, "token", "token must be a string")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            return _invalid(request, "name", "name must be a non-empty string")
         if token is not None:
             field = "token"
             if self.secret is None:
@@ -214,26 +275,20 @@ class WebChat:
         else:
             return _invalid(request, "name", "name is required (who is talking)")
         try:
-            user_id = await self.runtime.identity.resolve(self.formation.id, identifier)
+            user_id = await self.runtime.identity.resolve(self.formation.id, identifier,
+                                                          create=create)
         except InvalidIdentifierError as exc:
             return _invalid(request, field, str(exc))
-        assert user_id is not None
-        return StreamingResponse(
-            self._stream(user_id, conversation, text, identifier),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return identifier, user_id or ""
 
     def _refuse(self, request: Request, status: int, code: str, message: str) -> JSONResponse:
         log.info("web chat message refused", code=code, status=status)
         return error_response(request, status, code, message)
 
-    async def _stream(self, user_id: str, conversation: str, text: str,
-                      identifier: Any) -> AsyncIterator[str]:
+    async def _stream(self, message: InboundMessage) -> AsyncIterator[str]:
         # The turn runs to the end even when the tab goes away: the message is saved once
         # it has been accepted.
-        turn = asyncio.ensure_future(self.runtime.engine.converse_or_command(
-            self.formation.id, user_id, CHANNEL, conversation, text, identifier=identifier))
+        turn = asyncio.ensure_future(self.runtime.engine.handle(message))
         self._turns.add(turn)
         turn.add_done_callback(self._turns.discard)
         try:
@@ -241,16 +296,31 @@ class WebChat:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("web chat turn failed", user_id=user_id)
+            log.warning("web chat turn failed", user_id=message.user_id, error=describe(exc))
             kind = "invalid_request" if isinstance(exc, InvalidIdentifierError) else "internal"
-            message = (str(exc) if kind == "invalid_request" else
-                       "the gateway could not answer just now; please try again")
-            yield _sse("error", {"error": message, "type": kind})
+            text = (str(exc) if kind == "invalid_request" else
+                    "the gateway could not answer just now; please try again")
+            yield _sse("error", {"error": text, "type": kind})
+            return
+        if reply is None:
+            yield _sse("error", {"error": "this message is being answered already",
+                                 "type": "in_progress"})
             return
         for piece in _TOKENS.findall(reply.text):
             yield _sse(None, {"token": piece})
         yield _sse("done", {"user_id": reply.user_id, "session_id": reply.session_id,
                             "request_id": reply.request_id})
+
+    async def _listen(self, user_id: str, conversation: str) -> AsyncIterator[str]:
+        with self.runtime.events.listen(user_id, CHANNEL, conversation) as queue:
+            yield _sse("connected", {"conversation": conversation})
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _sse("push", event.data)
 
 
 def _policy(html: str) -> str:
@@ -272,4 +342,6 @@ def routes(runtime: Runtime, settings: Settings, formation: Formation) -> list[R
         Route("/chat", chat.page, methods=["GET"], name="webchat_page_chat"),
         Route("/webchat/config", chat.config, methods=["GET"], name="webchat_config"),
         Route("/webchat/messages", chat.message, methods=["POST"], name="webchat_messages"),
+        Route("/webchat/events", chat.events, methods=["GET"], name="webchat_events"),
+        Route("/webchat/transcript", chat.transcript, methods=["GET"], name="webchat_transcript"),
     ]

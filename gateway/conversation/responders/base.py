@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from memory.types import Fact, Memory, Session, SessionMessage, WorkingItem
+from memory.types import (  # noqa: F401  (Changes and ScheduleRequest are re-exported)
+    Changes,
+    Fact,
+    Memory,
+    ScheduleRequest,
+    Session,
+    SessionMessage,
+    WorkingItem,
+)
 
 
 @dataclass(frozen=True)
@@ -28,28 +36,6 @@ class Context:
             if item.kind == kind and item.key == key:
                 return item
         return None
-
-
-@dataclass(frozen=True)
-class ScheduleRequest:
-    kind: str  # one_time or recurring
-    schedule: str
-    message: str
-
-
-@dataclass
-class Changes:
-    """Memory changes a message asks for; the engine stores them with the turn."""
-
-    facts: dict[str, str] = field(default_factory=dict)
-    preferences: list[str] = field(default_factory=list)
-    memories: list[str] = field(default_factory=list)
-    forget: list[str] = field(default_factory=list)
-    tasks: list[ScheduleRequest] = field(default_factory=list)
-
-    @property
-    def persistent(self) -> bool:
-        return bool(self.facts or self.preferences or self.memories or self.forget)
 
 
 @dataclass

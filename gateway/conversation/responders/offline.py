@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
+from gateway.conversation.commands import HELP
 from gateway.conversation.responders.base import Changes, Context, Response
 from gateway.conversation.responders.rules import Intent, understand
-
-HELP = (
-    "I remember what you tell me, on every channel you have linked. Try:\n"
-    "• my budget is $5,000 — then: what's my budget?\n"
-    "• call me Alex · I prefer short answers · remember that the demo is on Friday\n"
-    "• what do you know about me? · forget my budget\n"
-    "• remind me in 10 minutes to stretch · remind me at 14:30 to call Bob\n"
-    "• /link to connect another channel, /whoami to see your linked channels"
-)
 
 
 class OfflineResponder:

@@ -34,6 +34,19 @@ class OpenAIResponder:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def check(self) -> str:
+        """Whether the endpoint answers (`GET models`, as every compatible server serves);
+        raises ResponderError saying why not."""
+        try:
+            answer = await self._client.get("models", timeout=3.0)
+        except httpx.HTTPError as exc:
+            raise ResponderError(f"model endpoint unreachable: {type(exc).__name__}") from exc
+        if answer.status_code in (401, 403):
+            raise ResponderError(f"model endpoint refused the API key ({answer.status_code})")
+        if answer.status_code >= 500:
+            raise ResponderError(f"model endpoint answered {answer.status_code}")
+        return f"{self.model} at {self._client.base_url}"
+
     async def respond(self, context: Context, changes: Changes) -> Response:
         payload = {"model": self.model, "messages": messages_for(context, changes)}
         try:

@@ -1,0 +1,95 @@
+"""Channels that push over a connection the person holds open: the web chat page and the
+API's event stream. Delivery publishes to whoever listens for that user now."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.conversation.messages import OutboundMessage
+
+
+class NobodyListeningError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    channel: str
+    conversation: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Listener:
+    channel: str
+    conversation: str | None  # None: every conversation of the user on this channel
+    queue: asyncio.Queue[Event]
+
+
+class EventHub:
+    """Per-user listeners in this process. A slow listener whose queue is full loses the
+    event rather than stalling delivery to everyone else."""
+
+    def __init__(self, queue_size: int = 100) -> None:
+        self.queue_size = queue_size
+        self._listeners: dict[str, list[_Listener]] = {}
+        self._ids = itertools.count(1)
+
+    @contextmanager
+    def listen(self, user_id: str, channel: str,
+               conversation: str | None = None) -> Iterator[asyncio.Queue[Event]]:
+        listener = _Listener(channel, conversation, asyncio.Queue(self.queue_size))
+        self._listeners.setdefault(user_id, []).append(listener)
+        try:
+            yield listener.queue
+        finally:
+            listeners = self._listeners.get(user_id, [])
+            listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(user_id, None)
+
+    def _matching(self, user_id: str, channel: str, conversation: str) -> list[_Listener]:
+        return [item for item in self._listeners.get(user_id, ())
+                if item.channel == channel
+                and (item.conversation is None or item.conversation == conversation)]
+
+    def listening(self, user_id: str, channel: str, conversation: str) -> bool:
+        return bool(self._matching(user_id, channel, conversation))
+
+    def publish(self, user_id: str, channel: str, conversation: str,
+                data: dict[str, Any]) -> int:
+        """Hand the event to every matching listener; returns how many took it."""
+        event = Event(next(self._ids), channel, conversation, data)
+        taken = 0
+        for listener in self._matching(user_id, channel, conversation):
+            try:
+                listener.queue.put_nowait(event)
+                taken += 1
+            except asyncio.QueueFull:
+                pass
+        return taken
+
+
+class LiveChannel:
+    """The web chat (a page listens to its own conversation) or the API (an event stream
+    listens to every conversation of the user)."""
+
+    def __init__(self, name: str, hub: EventHub) -> None:
+        self.name = name
+        self.hub = hub
+
+    def can_reach(self, user_id: str, conversation: str) -> bool:
+        return self.hub.listening(user_id, self.name, conversation)
+
+    async def deliver(self, message: OutboundMessage) -> None:
+        data = {"type": "message", "role": "assistant", "text": message.text,
+                "channel": self.name, "conversation": message.conversation,
+                "user_id": message.user_id, **message.extras}
+        if not self.hub.publish(message.user_id, self.name, message.conversation, data):
+            raise NobodyListeningError(f"no {self.name} client of this user is listening")

@@ -1,0 +1,105 @@
+"""Platform messages claimed for answering: one turn per message, however often it arrives.
+
+A claim is a lease: `processing` while a turn is worked on. The turn's own transaction
+completes it (`answered`, the reply kept beside it), so a crash before that commit leaves
+only the lease, which another process takes over once it runs out, and a crash after it
+leaves the stored reply to be said on redelivery. `sent` once the channel has said it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from identity.database import Database
+from memory.types import now
+
+CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
+
+_CLAIM = (
+    "INSERT INTO processed_messages"
+    " (formation_id, channel, message_id, created_at, status, claim_token)"
+    " VALUES ($1, $2, $3, $4, 'processing', $6)"
+    " ON CONFLICT (formation_id, channel, message_id) DO UPDATE"
+    " SET created_at = excluded.created_at, claim_token = excluded.claim_token"
+    " WHERE processed_messages.status = 'processing'"
+    " AND processed_messages.created_at < $5"
+    " RETURNING message_id"
+)
+# Completing a claim: the token proves the lease is still ours (not taken over).
+COMPLETE = (
+    "UPDATE processed_messages SET status = $5, reply = $6"
+    " WHERE formation_id = $1 AND channel = $2 AND message_id = $3 AND claim_token = $4"
+    " AND status = 'processing' RETURNING message_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageKey:
+    formation: str
+    channel: str
+    message_id: str
+
+    @property
+    def args(self) -> tuple[str, str, str]:
+        return (self.formation, self.channel, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """`claimed` (ours to answer, with `token`), `busy` (another process is answering),
+    `answered` (a stored reply not yet said) or `sent`."""
+
+    state: str
+    token: str | None = None
+    reply: dict[str, Any] | None = None
+
+
+class ClaimLostError(Exception):
+    """The lease ran out and another process completed the message first."""
+
+
+class Claims:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim(self, key: MessageKey, *, lease: float = CLAIM_LEASE) -> Claim:
+        at, token = now(), secrets.token_hex(8)
+        args = (*key.args, at, at - lease, token)
+        if self.db.dialect == "postgres":  # one statement commits on its own
+            won = await self.db.fetchval(_CLAIM, *args)
+        else:
+            async with self.db.transaction() as tx:
+                won = await tx.fetchval(_CLAIM, *args)
+        if won is not None:
+            return Claim("claimed", token)
+        row = await self.db.fetchrow(
+            "SELECT status, reply FROM processed_messages"
+            " WHERE formation_id = $1 AND channel = $2 AND message_id = $3", *key.args)
+        if row is None or row[0] == "processing":
+            return Claim("busy")
+        reply = json.loads(row[1]) if row[1] else None
+        return Claim("answered" if row[0] == "answered" else "sent", reply=reply)
+
+    async def complete(self, q: Any, key: MessageKey, token: str, reply: dict[str, Any], *,
+                       sent: bool) -> None:
+        """Inside the turn's transaction; raises ClaimLostError (rolling it back) when the
+        lease was taken over."""
+        status = "sent" if sent else "answered"
+        if await q.fetchval(COMPLETE, *key.args, token, status, json.dumps(reply)) is None:
+            raise ClaimLostError(f"message {key.message_id} was answered by another process")
+
+    async def mark_sent(self, key: MessageKey) -> None:
+        await self.db.execute(
+            "UPDATE processed_messages SET status = 'sent'"
+            " WHERE formation_id = $1 AND channel = $2 AND message_id = $3"
+            " AND status = 'answered'", *key.args)
+
+    async def release(self, key: MessageKey, token: str) -> None:
+        """Forget a claim whose turn failed, so a redelivery is answered."""
+        await self.db.execute(
+            "DELETE FROM processed_messages WHERE formation_id = $1 AND channel = $2"
+            " AND message_id = $3 AND claim_token = $4 AND status = 'processing'",
+            *key.args, token)
