@@ -25,8 +25,8 @@ from adapters.inmemory import InMemoryChannel
 from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.scheduler import Scheduler
-from memory.claims import MessageKey
 from gateway.runtime.supervisor import AdapterConfigError
+from memory.claims import MessageKey
 
 # The `dovecot` and `smtp_server` fixtures live beside the servers they run.
 pytest_plugins = ("tests.peers.imap", "tests.peers.smtp")

@@ -12,8 +12,8 @@ from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.messages import InboundMessage
 from gateway.conversation.responders.base import Response
 from gateway.conversation.scheduler import Backoff, Scheduler
-from memory.claims import ClaimLostError, MessageKey
 from identity.database import PostgresDatabase
+from memory.claims import ClaimLostError, MessageKey
 
 
 async def test_what_alice_says_on_the_web_she_is_told_on_slack(engine, identity, formation):

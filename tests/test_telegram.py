@@ -102,6 +102,16 @@ async def test_group_messages_are_answered_only_when_addressed_to_the_bot(bot, p
                                          create=False) is None  # Bob was never a user
 
 
+async def test_start_greets_a_new_user_and_a_group_command_in_any_case_works(bot, peer):
+    await peer.push(private("/start", 101))
+    await peer.push(fixture("group_command", text="/help@Threadline_Bot", message_id=206,
+                            entities=[{"offset": 0, "length": 20, "type": "bot_command"}]))
+    welcome, helped = await peer.wait_sent(2)
+    assert welcome["text"].startswith("Hi!") and "/link" in welcome["text"]
+    assert "not sure" not in welcome["text"]
+    assert helped["chat_id"] == str(GROUP) and "/whoami" in helped["text"]
+
+
 async def test_a_dropped_long_poll_is_reconnected_without_losing_the_next_message(bot, peer):
     await peer.push(private("my color is teal", 101))
     await peer.wait_sent(1)

@@ -329,3 +329,51 @@ async def test_the_budget_follows_the_person_to_a_linked_identifier(serve):
             first["user_id"])
         asked, done = await say(http, "what's my budget?", token=slack, conversation="tab-2")
     assert "$5,000" in asked and done["user_id"] == first["user_id"]
+
+
+async def test_a_resent_message_with_the_same_id_is_one_turn(serve):
+    url, runtime = await serve()
+    async with httpx.AsyncClient(base_url=url) as http:
+        body = {"text": "my budget is $5,000", "conversation": "tab-1", "name": "user_123",
+                "message_id": "m-1"}
+        first = events((await http.post("/webchat/messages", json=body)).text)[-1][1]
+        again = events((await http.post("/webchat/messages", json=body)).text)[-1][1]
+    assert again == first
+    buffer = await runtime.memory.sessions.buffer(first["session_id"])
+    assert [m.content for m in buffer].count("my budget is $5,000") == 1
+
+
+async def test_an_open_page_hears_its_reminder_and_a_reopened_one_finds_it(serve):
+    url, runtime = await serve()
+    who = {"conversation": "tab-1", "name": "user_123"}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        text, _ = await say(http, "remind me in 1 second to stretch", **who)
+        assert "remind you to stretch" in text
+        async with http.stream("GET", "/webchat/events", params=who) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("event: connected")
+            await anext(lines), await anext(lines)  # its data and the blank line
+            await asyncio.sleep(1.1)
+            assert await runtime.scheduler.run_once() == 1
+            assert await anext(lines) == "event: push"
+            pushed = json.loads((await anext(lines))[5:])
+        assert pushed["text"] == "⏰ Reminder: stretch" and pushed["conversation"] == "tab-1"
+        assert await runtime.scheduler.run_once() == 0  # once
+        transcript = (await http.get("/webchat/transcript", params=who)).json()
+        assert [m["content"] for m in transcript["messages"]][-1] == "⏰ Reminder: stretch"
+        other = (await http.get("/webchat/transcript",
+                                params={**who, "name": "someone_else"})).json()
+        assert other["messages"] == []  # another person's view of the same tab id is empty
+        refused = await http.get("/webchat/events", params={"conversation": "tab-1"})
+        assert refused.status_code == 422
+
+
+async def test_with_the_page_closed_a_reminder_waits_in_the_transcript(serve):
+    url, runtime = await serve()
+    who = {"conversation": "tab-2", "name": "user_456"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        await say(http, "remind me in 1 second to drink water", **who)
+        await asyncio.sleep(1.1)
+        assert await runtime.scheduler.run_once() == 0  # nobody to push to: kept instead
+        transcript = (await http.get("/webchat/transcript", params=who)).json()
+    assert transcript["messages"][-1]["content"] == "⏰ Reminder: drink water"

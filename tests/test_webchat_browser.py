@@ -143,3 +143,40 @@ async def test_token_mode_speaks_as_the_signed_identifier_and_hides_the_token(
     # The only thing that went wrong is the refused expired token (and the console saying so).
     assert [p for p in problems if p.startswith("401 ")] == [f"401 for {url}/webchat/messages"]
     assert [p for p in problems if "401" not in p] == [], problems
+
+
+async def test_a_reminder_appears_live_and_the_conversation_survives_a_reload(
+        serve, chromium, tmp_path: Path) -> None:  # noqa: F811
+    import asyncio
+
+    from playwright.async_api import expect
+
+    url, runtime = await serve()
+    runtime.scheduler.interval = 0.2
+    scheduler = asyncio.create_task(runtime.scheduler.run())
+    problems: list[str] = []
+    try:
+        async with opened(chromium, url, problems) as page:
+            await page.goto(url + "/")
+            await page.locator("#identity").fill("stretcher@example.com")
+            await page.locator("#message").fill("remind me in 3 seconds to stretch")
+            await page.locator("#message").press("Enter")
+            await expect(page.locator(".msg.assistant[data-state=done]")).to_contain_text(
+                "remind you to stretch")
+            pushed = page.locator(".msg.pushed")
+            await expect(pushed).to_have_text(["⏰ Reminder: stretch"])
+            await page.screenshot(path=str(tmp_path / "reminder.png"))
+            await asyncio.sleep(1.0)
+            await expect(pushed).to_have_count(1)  # once
+
+            await page.reload()
+            await expect(page.locator(".msg.user")).to_have_text(
+                ["remind me in 3 seconds to stretch"])
+            await expect(page.locator(".msg.assistant")).to_have_count(2)
+            await expect(page.locator(".msg.assistant").last).to_have_text(
+                "⏰ Reminder: stretch")
+            await page.screenshot(path=str(tmp_path / "reloaded.png"))
+    finally:
+        runtime.scheduler.stop()
+        await scheduler
+    assert not problems, problems

@@ -35,9 +35,16 @@ class ChatCompletionsPeer:
                          "message": {"role": "assistant", "content": self.reply}}],
         })
 
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        if self.mode == "error":
+            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        return web.json_response({"object": "list", "data": [{"id": "test-model",
+                                                              "object": "model"}]})
+
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

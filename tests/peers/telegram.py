@@ -30,6 +30,7 @@ class TelegramPeer:
         self.sent: list[dict[str, Any]] = []  # sendMessage arguments, JSON ones decoded
         self.webhook: dict[str, Any] = {}
         self.drop_polls = 0  # how many next getUpdates calls lose their connection
+        self.fail_polls = 0  # how many next getUpdates calls get 502 Bad Gateway
         self.dropped = 0
         self.rate_limited = 0  # how many next sendMessage calls get 429
         self.url = ""
@@ -131,6 +132,10 @@ class TelegramPeer:
         offset = int(args.get("offset") or 0)
         timeout = float(args.get("timeout") or 0)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]  # confirmed
+        if self.fail_polls:
+            self.fail_polls -= 1
+            self.dropped += 1
+            return _error(502, "Bad Gateway")
         if self.drop_polls:
             self.drop_polls -= 1
             self.dropped += 1
