@@ -340,6 +340,10 @@ class _Imap:
 
 # -- the channel ------------------------------------------------------------------------------
 
+class _NotNow(Exception):
+    """Another process is answering this message (within its lease)."""
+
+
 @dataclass
 class _Reply:
     """Our reply to one message: its bytes, whether the replies mailbox holds it (else only
@@ -406,29 +410,36 @@ class EmailAdapter:
                 await imap.sleep(self.settings.poll_interval)
 
     async def _pass(self, imap: _Imap) -> int:
-        """Handle every unseen message once; returns how many there were."""
+        """Handle every unseen message once; returns how many were done with (one another
+        process is still answering stays unseen, for a later pass)."""
         mailbox = self.settings.mailbox
         await imap.select(mailbox)
-        uids = await imap.search("UNSEEN")
-        for uid in uids:
+        done = 0
+        for uid in await imap.search("UNSEEN"):
             await imap.select(mailbox)
             raw, flags = await imap.fetch(uid, "(FLAGS BODY.PEEK[])")
             if raw is not None and "\\Seen" not in flags:
-                await self._handle(imap, uid, raw)
-        return len(uids)
+                done += await self._handle(imap, uid, raw)
+        return done
 
-    async def _handle(self, imap: _Imap, uid: int, raw: bytes) -> None:
+    async def _handle(self, imap: _Imap, uid: int, raw: bytes) -> bool:
+        """Answer one message and mark it seen; False when it must wait for a later pass."""
         try:
             parsed = read(raw, own_address=self.settings.address,
                           authserv_id=self.settings.authserv_id)
         except Exception:  # one unreadable message must not stop the mailbox
             log.exception("unreadable email marked seen without an answer", uid=uid)
             await self._mark_seen(imap, uid)
-            return
+            return True
         reply_id = self._reply_id(parsed.message_id)
         reply = await self._find_reply(imap, reply_id)
         if reply is None:
-            reply = await self._write_reply(imap, parsed, reply_id)
+            try:
+                reply = await self._write_reply(imap, parsed, reply_id)
+            except _NotNow:
+                log.info("email is being answered by another process; looking again later",
+                         message_id=parsed.message_id)
+                return False
         if reply is not None and reply.sent:
             log.info("email already answered", message_id=parsed.message_id)
         elif reply is not None:
@@ -436,6 +447,7 @@ class EmailAdapter:
                 reply = await self._store(imap, reply_id, reply.data)
             await self._send_draft(imap, reply_id, reply.data)
         await self._mark_seen(imap, uid)
+        return True
 
     async def _store(self, imap: _Imap, reply_id: str, data: bytes) -> _Reply:
         """Keep the reply as a \\Draft in the replies mailbox (remembered in memory first, in
@@ -524,9 +536,11 @@ class EmailAdapter:
                       text: str) -> _Reply | None:
         """Ask the engine; "saying" its reply is keeping it as a draft (sent after)."""
         assert parsed.sender is not None
+        # replay: an answered message gets its stored reply again, which the draft's fixed
+        # Message-ID keeps from being sent twice.
         message = InboundMessage(
             channel=self.name, identifier=(parsed.sender, "email"), conversation=parsed.thread,
-            text=text, message_id=parsed.message_id, formation=self.formation,
+            text=text, message_id=parsed.message_id, formation=self.formation, replay=True,
             extras={"subject": parsed.subject, "sender_name": parsed.sender_name,
                     "verified_by": parsed.verified_by},
         )
@@ -537,9 +551,7 @@ class EmailAdapter:
             kept.append(await self._store(imap, reply_id, data))
 
         if await self.engine.handle(message, send) is None:
-            log.info("email answered before and its reply is gone; not answered again",
-                     message_id=parsed.message_id)
-            return None
+            raise _NotNow()
         return kept[0]
 
     # -- SMTP --

@@ -18,15 +18,17 @@ from memory.types import now
 
 CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
 
+# New, or a lease run out: a turn never stored ('processing') or a reply never said
+# ('answered'). One statement, so exactly one redelivery takes it over.
 _CLAIM = (
     "INSERT INTO processed_messages"
     " (formation_id, channel, message_id, created_at, status, claim_token)"
     " VALUES ($1, $2, $3, $4, 'processing', $6)"
     " ON CONFLICT (formation_id, channel, message_id) DO UPDATE"
     " SET created_at = excluded.created_at, claim_token = excluded.claim_token"
-    " WHERE processed_messages.status = 'processing'"
+    " WHERE processed_messages.status IN ('processing', 'answered')"
     " AND processed_messages.created_at < $5"
-    " RETURNING message_id"
+    " RETURNING status, reply"
 )
 # Completing a claim: the token proves the lease is still ours (not taken over).
 COMPLETE = (
@@ -49,8 +51,8 @@ class MessageKey:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """`claimed` (ours to answer, with `token`), `busy` (another process is answering),
-    `answered` (a stored reply not yet said) or `sent`."""
+    """`claimed` (ours to answer, with `token`), `busy` (a process is answering or saying it
+    within its lease), `answered` (ours to say: a stored reply whose sayer died) or `sent`."""
 
     state: str
     token: str | None = None
@@ -62,26 +64,29 @@ class ClaimLostError(Exception):
 
 
 class Claims:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, lease: float = CLAIM_LEASE) -> None:
         self.db = db
+        self.lease = lease
 
-    async def claim(self, key: MessageKey, *, lease: float = CLAIM_LEASE) -> Claim:
+    async def claim(self, key: MessageKey, *, lease: float | None = None) -> Claim:
+        lease = self.lease if lease is None else lease
         at, token = now(), secrets.token_hex(8)
         args = (*key.args, at, at - lease, token)
         if self.db.dialect == "postgres":  # one statement commits on its own
-            won = await self.db.fetchval(_CLAIM, *args)
+            won = await self.db.fetchrow(_CLAIM, *args)
         else:
             async with self.db.transaction() as tx:
-                won = await tx.fetchval(_CLAIM, *args)
+                won = await tx.fetchrow(_CLAIM, *args)
         if won is not None:
+            if won[0] == "answered":  # stored by a process that died before saying it
+                return Claim("answered", token, json.loads(won[1]))
             return Claim("claimed", token)
         row = await self.db.fetchrow(
             "SELECT status, reply FROM processed_messages"
             " WHERE formation_id = $1 AND channel = $2 AND message_id = $3", *key.args)
-        if row is None or row[0] == "processing":
-            return Claim("busy")
-        reply = json.loads(row[1]) if row[1] else None
-        return Claim("answered" if row[0] == "answered" else "sent", reply=reply)
+        if row is None or row[0] in ("processing", "answered"):
+            return Claim("busy")  # being answered, or said, by a process within its lease
+        return Claim("sent", reply=json.loads(row[1]) if row[1] else None)
 
     async def complete(self, q: Any, key: MessageKey, token: str, reply: dict[str, Any], *,
                        sent: bool) -> None:
@@ -94,6 +99,14 @@ class Claims:
     async def mark_sent(self, key: MessageKey) -> None:
         await self.db.execute(
             "UPDATE processed_messages SET status = 'sent'"
+            " WHERE formation_id = $1 AND channel = $2 AND message_id = $3"
+            " AND status = 'answered'", *key.args)
+
+    async def expire(self, key: MessageKey) -> None:
+        """Saying a stored reply failed in this process: the next redelivery may say it
+        straight away instead of waiting for the lease."""
+        await self.db.execute(
+            "UPDATE processed_messages SET created_at = 0"
             " WHERE formation_id = $1 AND channel = $2 AND message_id = $3"
             " AND status = 'answered'", *key.args)
 

@@ -357,6 +357,22 @@ async def test_a_turn_whose_reply_was_never_said_is_said_on_redelivery_without_a
     assert [m.content for m in buffer] == ["my budget is $5,000", said[0]]  # one turn
 
 
+async def test_redeliveries_while_the_reply_is_being_sent_say_nothing(engine):
+    said = []
+
+    async def slow_send(reply):
+        await asyncio.sleep(0.3)  # the platform is slow to take the reply
+        said.append(reply.text)
+
+    message = InboundMessage("web", "a@x.co", "main", "my budget is 5", message_id="evt-9")
+    first = asyncio.create_task(engine.handle(message, slow_send))
+    await asyncio.sleep(0.15)  # the turn has committed; its reply is on the way
+    others = await asyncio.gather(*(engine.handle(message, slow_send) for _ in range(10)))
+    await first
+    assert others == [None] * 10
+    assert said == ["Got it: your budget is 5."]
+
+
 async def test_a_replayed_request_gets_the_same_reply(engine):
     message = InboundMessage("api", "a@x.co", "api:a", "my budget is $5,000",
                              message_id="key-1", replay=True)

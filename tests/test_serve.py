@@ -73,3 +73,20 @@ def test_a_misconfigured_channel_is_reported_by_doctor(tmp_path):
     out = subprocess.run([THREADLINE, "doctor"], cwd=tmp_path, text=True, capture_output=True,
                          env=_env(tmp_path), timeout=60)
     assert out.returncode == 1 and "no channel named 'carrier_pigeon'" in out.stdout
+
+
+def test_a_reminder_set_in_threadline_chat_arrives_there_once(tmp_path):
+    chat = subprocess.Popen([THREADLINE, "chat", "cli-user@example.com"], cwd=tmp_path,
+                            env=_env(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert chat.stdin is not None
+        chat.stdin.write("remind me in 2 seconds to stretch\n")
+        chat.stdin.flush()
+        time.sleep(5)  # the reminder fires while the chat is open, and only once
+        out, err = chat.communicate("", timeout=30)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert "OK, I'll remind you to stretch" in out
+    assert out.count("⏰ Reminder: stretch") == 1, out

@@ -218,6 +218,25 @@ async def test_deliver_posts_into_the_conversation_s_thread(bot: Slack):
     assert direct == {"channel": "D0123DMCH", "text": "⏰ Reminder: drink"}
 
 
+async def test_a_reminder_asked_in_a_dm_arrives_there_once(bot: Slack, engine):
+    from gateway.conversation.channels import ChannelRegistry
+    from gateway.conversation.scheduler import Scheduler
+
+    told = await bot.dm("remind me in 1 second to stretch", n=1)
+    assert "remind you to stretch" in told["text"]
+    registry = ChannelRegistry()
+    registry.add(bot.adapter)
+    scheduler = Scheduler(engine.memory, registry)
+    await asyncio.sleep(1.1)
+    assert await scheduler.run_once() == 1
+    assert await scheduler.run_once() == 0
+    posted = await bot.peer.wait_posted(2)
+    assert posted[1]["text"] == "⏰ Reminder: stretch"
+    assert posted[1]["channel"] == told["channel"] == "D0123DMCH"
+    await asyncio.sleep(0.2)
+    assert len(bot.peer.calls_to("chat.postMessage")) == 2
+
+
 async def test_a_fact_told_on_slack_is_recalled_on_telegram_after_linking(bot: Slack, engine):
     from adapters import telegram
     from tests.peers.telegram import TOKEN, TelegramPeer

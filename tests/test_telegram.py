@@ -335,3 +335,31 @@ def test_split_text_prefers_paragraphs_then_lines_then_words():
 
 def test_retry_after_is_read_in_seconds():
     assert telegram.retry_seconds(RetryAfter(3)) == 3.0
+
+
+async def test_a_reminder_arrives_once_and_a_web_one_follows_the_person_here(bot, peer, engine):
+    from adapters.inmemory import InMemoryChannel
+    from gateway.conversation.channels import ChannelRegistry
+    from gateway.conversation.scheduler import Scheduler
+
+    await peer.push(private("remind me in 1 second to stretch", 101))
+    (told,) = await peer.wait_sent(1)
+    assert "remind you to stretch" in told["text"]
+    user = await engine.owner(("4242", "telegram"))
+    web = InMemoryChannel(engine, "web")
+    await engine.identity.associate(engine.formation, ["alice@x.co", ("4242", "telegram")],
+                                    user)
+    await web.push("alice@x.co", "remind me in 1 second to drink water")
+    web.reachable = False  # the page is closed: the latest channel that can push is here
+    await peer.push(private("hello", 102))  # Telegram is where Alice was seen last
+    await peer.wait_sent(2)
+    registry = ChannelRegistry()
+    registry.add(bot)
+    registry.add(web)
+    scheduler = Scheduler(engine.memory, registry)
+    await asyncio.sleep(1.1)
+    assert await scheduler.run_once() == 2
+    assert await scheduler.run_once() == 0
+    reminders = [m["text"] for m in (await peer.wait_sent(4))[2:]]
+    assert sorted(reminders) == ["⏰ Reminder: drink water", "⏰ Reminder: stretch"]
+    assert all(m["chat_id"] == "4242" for m in peer.sent[2:])

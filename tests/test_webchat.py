@@ -355,6 +355,7 @@ async def test_an_open_page_hears_its_reminder_and_a_reopened_one_finds_it(serve
             await anext(lines), await anext(lines)  # its data and the blank line
             await asyncio.sleep(1.1)
             assert await runtime.scheduler.run_once() == 1
+            assert (await anext(lines)).startswith("id: ")
             assert await anext(lines) == "event: push"
             pushed = json.loads((await anext(lines))[5:])
         assert pushed["text"] == "⏰ Reminder: stretch" and pushed["conversation"] == "tab-1"

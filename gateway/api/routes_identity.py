@@ -83,7 +83,8 @@ async def resolve(request: Request, body: ResolveBody, rt: Rt,
                         "formation_id": f.id}, obj="user", type_="user.resolved")
 
 
-@router.post("/users/identifiers", tags=["users"], status_code=201)
+@router.post("/users/identifiers", tags=["users"], status_code=201, responses={
+    200: {"description": "Every identifier was linked to that user already: nothing changed"}})
 async def link(request: Request, body: LinkBody, rt: Rt,
                f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
     result = await rt.identity.associate(f.id, body.identifiers, body.muxi_user_id)

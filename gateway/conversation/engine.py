@@ -51,9 +51,10 @@ class Engine:
     async def handle(self, message: InboundMessage, send: Send | None = None) -> Reply | None:
         """Answer one message and say the reply through `send` (when given).
 
-        None when the message is a redelivery of one answered (or being answered) already;
-        with `message.replay` an answered one gets its stored reply again instead. A reply
-        stored before a crash but never said is said now, without a second turn."""
+        None when there is nothing to say now: the message was answered already, or another
+        process is answering it (within its lease). With `message.replay` an answered one
+        gets its stored reply again instead. A reply stored by a process that died before
+        saying it is said now, without a second turn."""
         formation = message.formation or self.formation
         key = (MessageKey(formation, message.channel, message.message_id)
                if message.message_id is not None else None)
@@ -64,8 +65,10 @@ class Engine:
                 log.info("message is being answered already", channel=message.channel)
                 return None
             if claim.state == "sent":
+                if message.replay and claim.reply:  # a retry gets the same reply again
+                    return await self._say(None, _reply(claim.reply), send)
                 log.info("duplicate message ignored", channel=message.channel)
-                return _reply(claim.reply) if message.replay and claim.reply else None
+                return None
             if claim.state == "answered" and claim.reply:
                 log.info("stored reply said again", channel=message.channel)
                 return await self._say(key, _reply(claim.reply), send)
@@ -102,7 +105,12 @@ class Engine:
 
     async def _say(self, key: MessageKey | None, reply: Reply, send: Send | None) -> Reply:
         if send is not None:
-            await send(reply)  # when this fails the stored reply is said on redelivery
+            try:
+                await send(reply)
+            except BaseException:
+                if key is not None:  # a redelivery says the stored reply, without waiting
+                    await asyncio.shield(self.memory.claims.expire(key))
+                raise
             if key is not None:
                 await self.memory.claims.mark_sent(key)
         return reply

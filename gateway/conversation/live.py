@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,3 +94,21 @@ class LiveChannel:
                 "user_id": message.user_id, **message.extras}
         if not self.hub.publish(message.user_id, self.name, message.conversation, data):
             raise NobodyListeningError(f"no {self.name} client of this user is listening")
+
+
+KEEP_ALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
+
+
+async def sse(hub: EventHub, user_id: str, channel: str, conversation: str | None, *,
+              event: str, hello: dict[str, Any]) -> AsyncIterator[str]:
+    """Server-sent events for one listener: `event: connected` with `hello`, then each
+    pushed message as `event`, and a comment now and then while nothing happens."""
+    with hub.listen(user_id, channel, conversation) as queue:
+        yield f"event: connected\ndata: {json.dumps(hello)}\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            yield f"id: {item.id}\nevent: {event}\ndata: {json.dumps(item.data)}\n\n"

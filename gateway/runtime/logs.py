@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -46,7 +47,8 @@ def _exception(exc_info: Any) -> BaseException | None:
     return None
 
 
-def fold_network_tracebacks(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def fold_network_tracebacks(logger: Any, method: str,
+                            event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     exc = _exception(event.get("exc_info"))
     if exc is not None and is_network_error(exc):
         del event["exc_info"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,7 +48,7 @@ def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[An
             log.error("channel not started: bad configuration", channel=name, error=str(exc))
             continue
         supervisor.add(adapter)
-        runtime.channels.add(adapter, is_up=lambda name=name: supervisor.is_up(name))
+        runtime.channels.add(adapter, is_up=functools.partial(supervisor.is_up, name))
         routes.extend(adapter.routes())
     return supervisor, refused, routes
 

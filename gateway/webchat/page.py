@@ -47,6 +47,7 @@ from starlette.routing import Route
 from config.settings import ConfigError, Settings
 from gateway.api.envelope import error_response
 from gateway.conversation.engine import describe
+from gateway.conversation.live import sse
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
@@ -60,7 +61,6 @@ MAX_TEXT = 20_000
 MAX_BODY = 1 << 20  # a 20,000-character text fits even written as \uXXXX escapes
 MIN_SECRET = 16
 PAGE = Path(__file__).parent / "static" / "webchat.html"
-KEEP_ALIVE = 15.0  # seconds between comments on an idle event stream
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -170,7 +170,7 @@ class WebChat:
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",
         }
-        self._turns: set[asyncio.Task[Reply]] = set()
+        self._turns: set[asyncio.Task[Reply | None]] = set()
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self.html, headers=self.page_headers)
@@ -209,37 +209,40 @@ class WebChat:
 
     async def events(self, request: Request) -> Response:
         """What the assistant says unprompted in this conversation, while the page is open."""
-        query = dict(request.query_params)
-        try:
-            conversation = _conversation(query)
-        except _Invalid as exc:
-            return _invalid(request, exc.field, exc.message)
-        who = await self._who(request, query)
-        if isinstance(who, Response):
-            return who
-        return StreamingResponse(self._listen(who[1], conversation), media_type="text/event-stream",
-                                 headers=_STREAM_HEADERS)
+        asked = await self._asking(request)
+        if isinstance(asked, Response):
+            return asked
+        conversation, (_, user_id) = asked
+        stream = sse(self.runtime.events, user_id, CHANNEL, conversation, event="push",
+                     hello={"conversation": conversation})
+        return StreamingResponse(stream, media_type="text/event-stream", headers=_STREAM_HEADERS)
 
     async def transcript(self, request: Request) -> Response:
         """The conversation so far (its latest session), for a page opened again."""
+        asked = await self._asking(request, create=False)
+        if isinstance(asked, Response):
+            return asked
+        conversation, (_, user_id) = asked
+        messages: list[dict[str, Any]] = []
+        sessions = self.runtime.memory.sessions
+        session = await sessions.find(user_id, CHANNEL, conversation) if user_id else None
+        if session is not None:
+            rows, _ = await sessions.messages(session.id, limit=200)
+            messages = [{"role": m.role, "content": m.content, "created_at": m.created_at}
+                        for m in rows]
+        return JSONResponse({"conversation": conversation, "messages": messages},
+                            headers={"Cache-Control": "no-store"})
+
+    async def _asking(self, request: Request, *, create: bool = True
+                      ) -> tuple[str, tuple[Any, str]] | Response:
+        """A GET's conversation and who asks (from the query), or the refusal."""
         query = dict(request.query_params)
         try:
             conversation = _conversation(query)
         except _Invalid as exc:
             return _invalid(request, exc.field, exc.message)
-        who = await self._who(request, query, create=False)
-        if isinstance(who, Response):
-            return who
-        messages: list[dict[str, Any]] = []
-        if who[1]:
-            sessions = self.runtime.memory.sessions
-            session = await sessions.find(who[1], CHANNEL, conversation)
-            if session is not None:
-                rows, _ = await sessions.messages(session.id, limit=200)
-                messages = [{"role": m.role, "content": m.content, "created_at": m.created_at}
-                            for m in rows]
-        return JSONResponse({"conversation": conversation, "messages": messages},
-                            headers={"Cache-Control": "no-store"})
+        who = await self._who(request, query, create=create)
+        return who if isinstance(who, Response) else (conversation, who)
 
     async def _who(self, request: Request, given: dict[str, Any], *,
                    create: bool = True) -> tuple[Any, str] | Response:
@@ -310,17 +313,6 @@ class WebChat:
             yield _sse(None, {"token": piece})
         yield _sse("done", {"user_id": reply.user_id, "session_id": reply.session_id,
                             "request_id": reply.request_id})
-
-    async def _listen(self, user_id: str, conversation: str) -> AsyncIterator[str]:
-        with self.runtime.events.listen(user_id, CHANNEL, conversation) as queue:
-            yield _sse("connected", {"conversation": conversation})
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield _sse("push", event.data)
 
 
 def _policy(html: str) -> str:
