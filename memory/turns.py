@@ -31,17 +31,23 @@ from memory.types import (
 )
 from memory.user_memory import UserMemory, build_synopsis
 
-# Five reads and a count as one UNION ALL; each part yields (part, a, b, c, d, at).
-_CONTEXT = """
+# The conversation's active session, five reads and a count as one UNION ALL; each part
+# yields (part, a, b, c, d, at).
+_SESSION = ("SELECT id FROM sessions WHERE user_id = $1 AND channel = $2 AND conversation = $3"
+            " AND last_activity > $4 ORDER BY last_activity DESC LIMIT 1")
+_CONTEXT = f"""
 SELECT 'f', kind, key, value, NULL, updated_at FROM facts WHERE user_id = $1
+UNION ALL
+SELECT * FROM (SELECT 'x', id, context, CAST(started_at AS TEXT), NULL, last_activity
+               FROM sessions WHERE id = ({_SESSION})) AS x
 UNION ALL
 SELECT 's', NULL, NULL, synopsis, NULL, updated_at FROM user_profiles WHERE user_id = $1
 UNION ALL
 SELECT * FROM (SELECT 'w', channel, role, content, NULL, created_at FROM working_memory
-               WHERE user_id = $1 AND created_at >= $3 ORDER BY created_at DESC LIMIT $4) AS w
+               WHERE user_id = $1 AND created_at >= $5 ORDER BY created_at DESC LIMIT $6) AS w
 UNION ALL
 SELECT * FROM (SELECT 'b', id, role, content, NULL, created_at FROM session_messages
-               WHERE session_id = $2 ORDER BY seq DESC LIMIT $5) AS b
+               WHERE session_id = ({_SESSION}) ORDER BY seq DESC LIMIT $7) AS b
 UNION ALL
 SELECT * FROM (SELECT 'm', id, content, metadata, NULL, created_at FROM memories
                WHERE user_id = $1 ORDER BY created_at DESC LIMIT 5) AS m
@@ -60,28 +66,39 @@ class TurnContext:
     working_rows: int
 
 
-async def load_context(db: Database, users: UserMemory, user_id: str, session_id: str,
-                       buffer_size: int) -> TurnContext:
-    rows = await db.fetch(_CONTEXT, user_id, session_id, now() - users.working_max_age,
-                          users.working_limit, buffer_size)
+async def load_context(db: Database, users: UserMemory, sessions: Sessions, user_id: str,
+                       formation: str, channel: str, conversation: str
+                       ) -> tuple[Session, TurnContext]:
+    """The conversation's active session (or a new one, not stored yet: see
+    `Sessions.plan`) and what the assistant needs to know, in one query."""
+    at = now()
+    rows = await db.fetch(_CONTEXT, user_id, channel, conversation, at - sessions.idle_timeout,
+                          at - users.working_max_age, users.working_limit, sessions.buffer_size)
     ctx = TurnContext([], "", [], [], [], 0)
-    for part, a, b, c, _, at in rows:
+    session: Session | None = None
+    for part, a, b, c, _, stamp in rows:
         if part == "f":
-            ctx.facts.append(Fact(a, b, c, at))
+            ctx.facts.append(Fact(a, b, c, stamp))
+        elif part == "x":
+            session = Session(a, user_id, formation, channel, conversation, float(c), stamp,
+                              json.loads(b))
         elif part == "s":
             ctx.synopsis = c or ""
         elif part == "w":
-            ctx.working.append(WorkingItem(a, b, c, at))
+            ctx.working.append(WorkingItem(a, b, c, stamp))
         elif part == "b":
-            ctx.buffer.append(SessionMessage(a, b, c, at))
+            ctx.buffer.append(SessionMessage(a, b, c, stamp))
         elif part == "m":
-            ctx.recent.append(Memory(a, b, json.loads(c), at))
+            ctx.recent.append(Memory(a, b, json.loads(c), stamp))
         else:
-            ctx.working_rows = int(at)
+            ctx.working_rows = int(stamp)
     ctx.facts.sort(key=lambda f: (f.kind, f.updated_at))
     ctx.working.reverse()
     ctx.buffer.reverse()
-    return ctx
+    if session is None:
+        session = Session(new_id("sess"), user_id, formation, channel, conversation, at, at,
+                          {}, True)
+    return session, ctx
 
 
 # A plain turn (no memory change, an existing session) on PostgreSQL is one statement. The
@@ -142,9 +159,11 @@ class Turns:
         self.db = users.db
         self.users, self.sessions, self.tasks, self.claims = users, sessions, tasks, claims
 
-    async def load(self, user_id: str, session: Session) -> TurnContext:
-        return await load_context(self.db, self.users, user_id, session.id,
-                                  self.sessions.buffer_size)
+    async def open(self, user_id: str, formation: str, channel: str,
+                   conversation: str) -> tuple[Session, TurnContext]:
+        """The session a turn goes into, and the context it needs, in one round trip."""
+        return await load_context(self.db, self.users, self.sessions, user_id, formation,
+                                  channel, conversation)
 
     async def store(self, turn: TurnWrite) -> Session:
         """Commit the turn; returns the session it went into (another turn may have opened
@@ -154,6 +173,9 @@ class Turns:
                  and turn.answer is not None)
         if plain and self.db.dialect == "postgres":
             await self._store_plain_pg(turn)
+            session = turn.session
+        elif plain:
+            await self._store_plain_sqlite(turn)
             session = turn.session
         else:
             session = await self._store(turn)
@@ -177,6 +199,27 @@ class Turns:
         if not await self.db.fetchval(_STORE_PG_CLAIMED, *args):
             raise ClaimLostError(f"message {done.key.message_id} was answered by another "
                                  "process")
+
+    async def _store_plain_sqlite(self, turn: TurnWrite) -> None:
+        """The same plain turn as a few multi-row statements in one transaction."""
+        at, seq, session, answer = now(), time.time_ns(), turn.session, turn.answer
+        assert answer is not None
+        async with self.db.transaction() as tx:
+            done = turn.completion
+            if done is not None:
+                await self.claims.complete(tx, done.key, done.token, done.reply, sent=done.sent)
+            await tx.execute(
+                "INSERT INTO session_messages (id, session_id, seq, role, content, created_at)"
+                " VALUES ($1, $3, $4, 'user', $5, $7), ($2, $3, $4 + 1, 'assistant', $6, $7)",
+                new_id("msg"), new_id("msg"), session.id, seq, turn.text, answer, at)
+            await tx.execute(
+                "INSERT INTO working_memory (id, user_id, channel, role, content, created_at)"
+                " VALUES ($1, $3, $4, 'user', $5, $7),"
+                " ($2, $3, $4, 'assistant', $6, $7 + 0.000001)",
+                new_id("wm"), new_id("wm"), turn.user_id, session.channel, turn.text[:2000],
+                answer[:2000], at)
+            await tx.execute("UPDATE sessions SET last_activity = $2 WHERE id = $1",
+                             session.id, at)
 
     async def _store(self, turn: TurnWrite) -> Session:
         users, changes, user_id = self.users, turn.changes, turn.user_id

@@ -137,8 +137,8 @@ class Engine:
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
                         request_id: str, completion: Completion | None) -> Reply:
         memory, channel, text = self.memory, message.channel, message.text
-        session = await memory.sessions.plan(user_id, formation, channel, message.conversation)
-        loaded = await memory.turns.load(user_id, session)
+        session, loaded = await memory.turns.open(user_id, formation, channel,
+                                                  message.conversation)
         relevant = await memory.users.search_memories(user_id, text) if loaded.recent else []
         at = now()
         context = Context(user_id, formation, channel, text, session, loaded.synopsis,
