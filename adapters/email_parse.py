@@ -232,17 +232,16 @@ def parse_authentication_results(value: str) -> tuple[str, list[AuthResult]]:
 def authentication_results(message: EmailMessage, authserv_id: str) -> list[AuthResult]:
     """The results our own receiving server recorded.
 
-    Only headers carrying our authserv-id count: anyone can write an Authentication-Results
-    header into the mail they send. (RFC 8601 §5 has the receiving server remove incoming ones
-    that claim its own id.)
+    Only a header carrying our authserv-id counts: anyone can write an Authentication-Results
+    header into the mail they send. Our server adds exactly one, on top (RFC 8601 §5 has it
+    remove incoming ones that claim its id); when several claim our id, one was written by
+    the sender, and since we cannot tell which, none counts.
     """
     ours = authserv_id.strip().lower()
-    found: list[AuthResult] = []
-    for value in all_headers(message, "Authentication-Results"):
-        server, results = parse_authentication_results(value)
-        if server == ours:
-            found.extend(results)
-    return found
+    found = [results for server, results in map(parse_authentication_results,
+                                                 all_headers(message, "Authentication-Results"))
+             if server == ours]
+    return found[0] if len(found) == 1 else []
 
 
 def _domain_of(value: str) -> str:
@@ -263,8 +262,9 @@ def verified(message: EmailMessage, authserv_id: str, from_domain: str) -> str |
     results = authentication_results(message, authserv_id)
     for result in results:
         if result.method == "dmarc" and result.result == "pass":
+            # A pass vouches for the domain it names; one that names none vouches for none.
             checked = result.properties.get("header.from")
-            if checked is None or _domain_of(checked) == from_domain.lower():
+            if checked is not None and _domain_of(checked) == from_domain.lower():
                 return "dmarc=pass"
     for result in results:
         if result.method == "dkim" and result.result == "pass":

@@ -246,6 +246,35 @@ async def test_a_forged_sender_gets_a_note_and_never_the_users_memory(
         assert (await engine.memory.claims.claim(key)).state == "claimed"
 
 
+async def test_a_forged_header_under_ours_cannot_link_a_strangers_account(
+        engine, dovecot, smtp_server, imap_user):
+    """The attack as found: a /link code sent from Telegram, redeemed by mail that claims to
+    be from carol@acme.com with a pass written under our server's real fail."""
+    web, telegram = InMemoryChannel(engine, "web"), InMemoryChannel(engine, "telegram")
+    carol = (await web.push("carol@acme.com", "my budget is $9,000")).user_id
+    code_text = (await telegram.push(("606", "telegram"), "/link")).text
+    code = code_text.split("send /link ")[1].split()[0]
+    forged, forged_id = mail("carol@acme.com", f"/link {code}", auth=None, headers={
+        "Authentication-Results": f"{US}; dmarc=fail header.from=acme.com"})
+    forged = forged.replace(
+        b"From: carol@acme.com",
+        f"Authentication-Results: {US}; dmarc=pass header.from=acme.com\r\n"
+        "From: carol@acme.com".encode())
+    bare, bare_id = mail("carol@acme.com", f"/link {code}", auth=f"{US}; dmarc=pass")
+    await seed(dovecot, imap_user, forged, bare)
+    async with running(create(config(dovecot, imap_user, smtp_server), engine)):
+        notes = await smtp_server.wait_for(2)
+        await wait_seen(dovecot, imap_user, [forged_id, bare_id])
+    assert all("could not verify" in n.text for n in notes)
+    attacker = await engine.owner(("606", "telegram"))
+    assert attacker != carol  # nothing was joined
+    assert [i.identifier for i in await engine.identity.identifiers_of(engine.formation,
+                                                                       carol)] == [
+        "carol@acme.com"]
+    asked = await telegram.push(("606", "telegram"), "what's my budget?")
+    assert "$9,000" not in asked.text
+
+
 async def test_in_drop_mode_a_forged_sender_gets_nothing(engine, dovecot, smtp_server,
                                                          imap_user):
     web = InMemoryChannel(engine, "web")

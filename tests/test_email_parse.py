@@ -267,3 +267,20 @@ def test_a_composed_reply_threads_and_says_it_is_automatic():
     assert message.get_content().strip() == "Your budget is $5,000."
     # Our own reply, read back, is machine mail: it can never start a loop.
     assert read(data, own_address=BOT).automated is not None
+
+
+def test_a_forged_pass_below_our_servers_real_header_does_not_verify():
+    # Our server wrote the top header (fail); the sender wrote one with our id below it.
+    raw = (b"Authentication-Results: mx.threadline.test; dmarc=fail header.from=acme.com\n"
+           b"Authentication-Results: mx.threadline.test; dmarc=pass header.from=acme.com\n"
+           b"From: carol@acme.com\nSubject: s\n\nhi\n")
+    assert read(raw, authserv_id=US).verified_by is None
+    # Two passes claiming our id are just as untrustworthy: one of them is forged.
+    twice = raw.replace(b"dmarc=fail", b"dmarc=pass")
+    assert read(twice, authserv_id=US).verified_by is None
+
+
+def test_a_dmarc_pass_that_names_no_domain_vouches_for_none():
+    raw = (b"Authentication-Results: mx.threadline.test; dmarc=pass\n"
+           b"From: carol@acme.com\nSubject: s\n\nhi\n")
+    assert read(raw, authserv_id=US).verified_by is None
