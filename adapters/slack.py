@@ -104,12 +104,16 @@ def parse_conversation(key: str) -> tuple[str, str | None]:
     return channel, thread_ts or None
 
 
-def profile_email(user_info: Mapping[str, Any]) -> str | None:
-    """The confirmed email of a person from a users.info answer; None for bots and the rest."""
+def profile_email(user_info: Mapping[str, Any], team_id: str | None) -> str | None:
+    """The email a users.info answer vouches for: a person of our workspace (`team_id`)
+    whose address Slack has confirmed. None for everyone else: bots, guests from other
+    workspaces, profiles without `is_email_confirmed: true`."""
     user = user_info.get("user")
     if not isinstance(user, Mapping) or user.get("is_bot") or user.get("deleted"):
         return None
-    if user.get("is_email_confirmed") is False:
+    if user.get("is_email_confirmed") is not True:
+        return None
+    if team_id is None or user.get("team_id") != team_id:
         return None
     email = (user.get("profile") or {}).get("email")
     return email.strip() if isinstance(email, str) and "@" in email else None
@@ -139,8 +143,10 @@ class SlackAdapter:
     def __init__(self, engine: Conversations, *, bot_token: str, signing_secret: str | None = None,
                  app_token: str | None = None, mode: str = "http",
                  api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
-                 formation: str | None = None, drain_timeout: float = 10.0) -> None:
+                 formation: str | None = None, drain_timeout: float = 10.0,
+                 team_id: str | None = None) -> None:
         self.engine = engine
+        self.team_id = team_id  # our workspace: only its confirmed emails link accounts
         self.mode = mode
         self.path = path
         self.formation = formation
@@ -207,6 +213,12 @@ class SlackAdapter:
                 raise AdapterConfigError(
                     f"channels.slack.bot_token was rejected by Slack ({error})") from None
             raise
+        if self.team_id is None:  # the workspace the token belongs to, unless configured
+            self.team_id = answer.get("team_id")
+        elif answer.get("team_id") != self.team_id:
+            raise AdapterConfigError(
+                f"channels.slack.team_id is {self.team_id}, but the bot token belongs to "
+                f"workspace {answer.get('team_id')}")
         return f"slack: bot @{answer.get('user')} in team {answer.get('team_id')}"
 
     async def deliver(self, message: OutboundMessage) -> None:
@@ -258,7 +270,12 @@ class SlackAdapter:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # answered all the same
             log.warning("slack profile unavailable", error=repr(exc))
             return None
-        return profile_email(answer.data) if isinstance(answer.data, dict) else None
+        if not isinstance(answer.data, dict):
+            return None
+        email = profile_email(answer.data, self.team_id)
+        if email is None:
+            log.info("slack profile email not used: unconfirmed, or not of this workspace")
+        return email
 
 
 def create(config: Mapping[str, Any], engine: Conversations) -> SlackAdapter:
@@ -272,5 +289,6 @@ def create(config: Mapping[str, Any], engine: Conversations) -> SlackAdapter:
         mode=mode, api_url=setting(config, CHANNEL, "api_url") or DEFAULT_API_URL,
         path=setting(config, CHANNEL, "path", DEFAULT_PATH) or DEFAULT_PATH,
         formation=setting(config, CHANNEL, "formation"),
+        team_id=setting(config, CHANNEL, "team_id"),
         drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
     )

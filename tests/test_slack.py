@@ -150,6 +150,27 @@ async def test_a_new_slack_user_is_created_with_the_profile_email(bot: Slack, en
     assert asked is not None and "$10" in asked.text
 
 
+async def test_an_unconfirmed_or_foreign_profile_email_links_nobody(bot: Slack, engine):
+    web = InMemoryChannel(engine, "web")
+    alice = (await web.push("alice@acme.com", "my budget is $5,000")).user_id
+    bot.peer.add_user("U0MALLORY", "alice@acme.com", name="mallory")
+    del bot.peer.users["U0MALLORY"]["is_email_confirmed"]
+    bot.peer.add_user("U0GUEST01", "alice@acme.com", name="guest")
+    bot.peer.users["U0GUEST01"]["team_id"] = "T_OTHER_WORKSPACE"
+    first = await bot.dm("what's my budget?", user="U0MALLORY", n=1)
+    second = await bot.dm("what's my budget?", user="U0GUEST01", n=2)
+    assert "$5,000" not in first["text"] and "$5,000" not in second["text"]
+    for slack_id in ("U0MALLORY", "U0GUEST01"):
+        assert await engine.owner((slack_id, "slack")) != alice
+
+
+async def test_a_token_of_another_workspace_than_configured_stops_the_channel(engine, peer):
+    adapter = slack.create({"bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
+                            "api_url": peer.url + "api/", "team_id": "T_SOMEWHERE_ELSE"}, engine)
+    with pytest.raises(AdapterConfigError, match="team_id"):
+        await adapter.check()
+
+
 async def test_without_a_profile_email_the_user_is_answered_all_the_same(bot: Slack, engine):
     bot.peer.add_user("U0NOMAIL1", None)
     await bot.dm("my budget is $10", user="U0NOMAIL1", n=1)
@@ -377,14 +398,20 @@ def test_a_mention_with_nothing_else_is_not_a_message():
     assert slack.inbound_from_event(body, bot_user_id=BOT_USER_ID) is None
 
 
-def test_profile_email_comes_only_from_people_with_a_confirmed_address():
+def test_profile_email_comes_only_from_people_of_our_workspace_with_a_confirmed_address():
     info = fixture("users_info")
-    assert slack.profile_email(info) == "Alice@Acme.com"
+    team = info["user"]["team_id"]
+    assert slack.profile_email(info, team) == "Alice@Acme.com"
+    assert slack.profile_email(info, "T_OTHER") is None  # a guest from another workspace
+    assert slack.profile_email(info, None) is None  # workspace unknown: trust nothing
     for change in ({"is_bot": True}, {"deleted": True}, {"is_email_confirmed": False},
                    {"profile": {"display_name": "alice"}}):
         changed = copy.deepcopy(info)
         changed["user"].update(change)
-        assert slack.profile_email(changed) is None, change
+        assert slack.profile_email(changed, team) is None, change
+    missing = copy.deepcopy(info)
+    del missing["user"]["is_email_confirmed"]  # not said confirmed is not confirmed
+    assert slack.profile_email(missing, team) is None
 
 
 def test_conversation_keys_round_trip():
