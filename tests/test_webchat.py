@@ -135,8 +135,8 @@ def test_a_short_webchat_secret_stops_start_up(tmp_path):
 
 
 def _request(host: str) -> Request:
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": [],
-                    "client": (host, 50000)})
+    return Request({"type": "http", "method": "GET", "path": "/",
+                    "headers": [(b"host", b"127.0.0.1:8000")], "client": (host, 50000)})
 
 
 @pytest.mark.parametrize("host,allowed", [
@@ -378,3 +378,42 @@ async def test_with_the_page_closed_a_reminder_waits_in_the_transcript(serve):
         assert await runtime.scheduler.run_once() == 0  # nobody to push to: kept instead
         transcript = (await http.get("/webchat/transcript", params=who)).json()
     assert transcript["messages"][-1]["content"] == "⏰ Reminder: drink water"
+
+
+async def test_name_mode_refuses_other_sites_rebound_hosts_and_form_posts(serve):
+    url, runtime = await serve()
+    body = {"text": "what's my budget?", "conversation": "t", "name": "alice@acme.com"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.post("/webchat/messages", json=body)).status_code == 200
+        cross = await http.post("/webchat/messages", json=body,
+                                headers={"Origin": "https://evil.example"})
+        rebound = await http.post("/webchat/messages", json=body,
+                                  headers={"Host": "evil.example:8000"})
+        form = await http.post("/webchat/messages", data=body)  # a plain HTML form's post
+        plain = await http.post("/webchat/messages", content=json.dumps(body),
+                                headers={"Content-Type": "text/plain"})
+        listen = await http.get("/webchat/transcript", params={"conversation": "t",
+                                                              "name": "alice@acme.com"},
+                                headers={"Host": "attacker.example"})
+        same = await http.post("/webchat/messages", json=body, headers={"Origin": url})
+    assert (cross.status_code, cross.json()["code"]) == (403, "NAME_MODE_DISABLED")
+    assert "another site" in cross.json()["message"]
+    assert (rebound.status_code, listen.status_code) == (403, 403)
+    assert "loopback host" in rebound.json()["message"]
+    assert form.status_code == plain.status_code == 415
+    assert same.status_code == 200  # the page itself, same origin
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "1e999"])
+def test_a_token_that_never_expires_is_refused(exp):
+    import base64
+    import hashlib
+    import hmac
+
+    head = base64.urlsafe_b64encode(
+        f'{{"sub": "alice@acme.com", "exp": {exp}}}'.encode()).rstrip(b"=").decode()
+    sig = base64.urlsafe_b64encode(
+        hmac.new(SECRET, head.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+    with pytest.raises(TokenError) as info:
+        verify_token(SECRET, f"{head}.{sig}")
+    assert info.value.code == "TOKEN_INVALID"

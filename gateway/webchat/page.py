@@ -35,6 +35,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,11 @@ _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 class _Invalid(Exception):
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, status: int = 422) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.status = status
 
 
 def _is_loopback(request: Request) -> bool:
@@ -86,8 +88,28 @@ def _is_loopback(request: Request) -> bool:
     return address.is_loopback
 
 
+def _loopback_name(host: str) -> bool:
+    """`localhost`, `127.0.0.1`, `[::1]` … (a port allowed): a name that nobody else's DNS
+    can point at this machine."""
+    if host.startswith("["):  # [::1]:8000
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def name_mode_refusal(request: Request, settings: Settings) -> str | None:
-    """Why this request may not say who it is by name, or None when it may."""
+    """Why this request may not say who it is by name, or None when it may.
+
+    Beside the loopback client, the Host must be a loopback name (a page of another site
+    whose DNS name was rebound to 127.0.0.1 sends its own name), and an Origin, when a
+    browser sends one, must be this very host (a cross-site page posting here sends its
+    own)."""
     if settings.webchat_secret is not None:
         return ("a webchat secret is configured, so who is talking comes only from a token "
                 "signed by the host application")
@@ -95,10 +117,21 @@ def name_mode_refusal(request: Request, settings: Settings) -> str | None:
         return "name mode is for development only, and this gateway runs in production"
     if not _is_loopback(request):
         return "name mode is only for a browser on the gateway's own machine (loopback)"
+    host = request.headers.get("host", "")
+    if not _loopback_name(host):
+        return f"name mode answers only requests for a loopback host, not {host[:80]!r}"
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        return f"name mode refuses requests from another site ({origin[:80]})"
     return None
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
+    # Only JSON: a form or text/plain post is what another site can send without asking.
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise _Invalid("body", "the request body must be JSON (Content-Type: application/json)",
+                       status=415)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes")
@@ -193,6 +226,8 @@ class WebChat:
                 raise _Invalid("message_id", "message_id must be 1-100 letters, digits, '_', "
                                              "'.', ':' or '-'")
         except _Invalid as exc:
+            if exc.status == 415:
+                return error_response(request, 415, "UNSUPPORTED_MEDIA_TYPE", exc.message)
             return _invalid(request, exc.field, exc.message)
         except ClientDisconnect:
             return Response(status_code=400)

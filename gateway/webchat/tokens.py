@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 from typing import Any
@@ -83,8 +84,8 @@ def verify_token(secret: bytes | str, token: str, *, now: float | None = None) -
     sub, exp, kind = payload.get("sub"), payload.get("exp"), payload.get("type")
     if not isinstance(sub, str) or not sub.strip():
         raise TokenError("TOKEN_INVALID", "the token has no sub (the identifier)")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        raise TokenError("TOKEN_INVALID", "the token has no exp (expiry, unix seconds)")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+        raise TokenError("TOKEN_INVALID", "the token has no exp (expiry, finite unix seconds)")
     if kind is not None and not isinstance(kind, str):
         raise TokenError("TOKEN_INVALID", "the token's type must be a string")
     at = time.time() if now is None else now
