@@ -32,7 +32,7 @@ REDIS_URL = os.environ.get("THREADLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 REQUIRE = os.environ.get("THREADLINE_REQUIRE_SERVICES") == "1"
 TEST_SECRET = b"test-identity-secret-0123456789"
 
-configure_logging("console", "info")
+configure_logging("console", "info", cache=False)
 
 
 def _missing(what: str, why: object) -> None:

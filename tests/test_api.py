@@ -162,3 +162,26 @@ async def test_the_official_muxi_sdk_works_against_the_server(server, monkeypatc
                                              user_id="U98765ABC")["message"]["content"]
 
     await asyncio.to_thread(sync_calls)
+
+
+async def test_a_failing_request_never_logs_the_key_in_its_path(server, monkeypatch, capsys):
+    from gateway.runtime.logs import configure_logging
+
+    url, runtime = server
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("cache timed out after commit")
+
+    monkeypatch.setattr(runtime.identity, "unlink", broken)
+    capsys.readouterr()
+    configure_logging("json", "info", cache=False)
+    try:
+        async with httpx.AsyncClient(base_url=url + "/v1") as http:
+            r = await http.delete("/users/identifiers/api_key:sk-live-TOPSECRET-123456",
+                                  headers=headers(admin=True))
+    finally:
+        configure_logging("console", "info", cache=False)
+    assert r.status_code == 500
+    logged = capsys.readouterr().err
+    assert "request failed" in logged and "/users/identifiers/{identifier" in logged
+    assert "TOPSECRET" not in logged

@@ -2,10 +2,8 @@
 failure is one line, not a page of traceback."""
 
 import asyncio
-import io
 import json
 import logging
-import sys
 
 import httpx
 import pytest
@@ -18,17 +16,15 @@ from tests.test_telegram import private
 
 
 @pytest.fixture
-def json_logs(monkeypatch):
-    buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", buffer)
-    configure_logging("json", "info")
-    yield buffer
-    monkeypatch.undo()
-    configure_logging("console", "info")
+def json_logs(capsys):
+    capsys.readouterr()
+    configure_logging("json", "info", cache=False)
+    yield capsys
+    configure_logging("console", "info", cache=False)
 
 
-def records(buffer: io.StringIO) -> list[dict]:
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]  # each line is JSON
+def records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines()]  # all JSON
 
 
 def test_library_records_are_json_and_network_tracebacks_fold_into_one_line(json_logs):

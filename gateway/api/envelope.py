@@ -116,6 +116,10 @@ def install_error_handlers(app: Any) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed", path=request.url.path, request_id=request_id(request))
+        # The route's template, never the path itself: a path can carry an identifier or a
+        # key ("/v1/users/identifiers/api_key:sk-…").
+        route = getattr(request.scope.get("route"), "path", "?")
+        log.exception("request failed", method=request.method, route=route,
+                      request_id=request_id(request))
         return error_response(request, 500, "INTERNAL_ERROR",
                               "the server failed to handle this request; it has been logged")

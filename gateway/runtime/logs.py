@@ -61,7 +61,19 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so that configuring again replaces it rather than adding a second one."""
 
 
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+class _Stderr:
+    """Whatever sys.stderr is at the time of writing (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", *, cache: bool = True) -> None:
+    """`cache`: loggers keep their configuration from their first use (fast); tests that
+    configure again pass False."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.types.Processor = (
@@ -80,10 +92,10 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=cache,
     )
-    handler = _Handler(sys.stderr)
+    handler = _Handler(_Stderr())  # type: ignore[arg-type]
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            stamp, fold_network_tracebacks],
