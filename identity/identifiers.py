@@ -80,6 +80,11 @@ class IdentifierParser:
     def hash_secret(self, value: str) -> str:
         return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()
 
+    def as_api_key(self, ident: Identifier) -> Identifier:
+        """An untyped value read as the api key it may be: found by its keyed hash only."""
+        return Identifier(ident.value, "api_key", "h:" + self.hash_secret(ident.value),
+                          secret=True)
+
     def _canonical(self, value: str, kind: str | None) -> Identifier:
         if kind is None:
             if is_email(value):

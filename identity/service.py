@@ -60,8 +60,28 @@ class IdentityService:
 
         With create=False an unknown identifier gives None.
         """
+        return (await self.resolve_identifier(formation, raw, create=create))[0]
+
+    async def resolve_identifier(self, formation: str, raw: Any, *,
+                                 create: bool = True) -> tuple[str | None, Identifier]:
+        """The user behind an identifier, and the identifier that matched: an untyped value
+        that is a linked api key (spec pattern 3) matches by its keyed hash, so the caller
+        can go on naming it by that hash and never by the key itself."""
         check_formation(formation)
         ident = self.parser.parse(raw)
+        if ident.type is None and not ident.secret:
+            key = self.parser.as_api_key(ident)
+            if (owner := await self.cache.get(formation, key.key)) is not None:
+                return owner, key
+            if (owner := await self.cache.get(formation, ident.key)) is not None:
+                return owner, ident
+            found = await self.cache.fill(formation, key.key,
+                                          lambda: self.store.lookup(formation, key.key))
+            if found is not None:
+                return found, key
+        return await self._resolve(formation, ident, create=create), ident
+
+    async def _resolve(self, formation: str, ident: Identifier, *, create: bool) -> str | None:
         cached = await self.cache.get(formation, ident.key)
         if cached is not None:
             return cached

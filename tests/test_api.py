@@ -185,3 +185,68 @@ async def test_a_failing_request_never_logs_the_key_in_its_path(server, monkeypa
     logged = capsys.readouterr().err
     assert "request failed" in logged and "/users/identifiers/{identifier" in logged
     assert "TOPSECRET" not in logged
+
+
+async def test_spec_pattern_3_an_api_key_header_reaches_its_user_and_is_never_stored(
+        server, capsys):
+    """Link an api key as an `api_key` identifier, then chat with the key as
+    X-Muxi-User-ID: the same user answers, and the key is found in no table and no log."""
+    from gateway.runtime.logs import configure_logging
+
+    url, runtime = server
+    key = "sk-live-PATTERN3-9f8e7d6c5b4a"
+    capsys.readouterr()
+    configure_logging("json", "info", cache=False)
+    try:
+        async with httpx.AsyncClient(base_url=url + "/v1") as http:
+            told = (await http.post("/chat", json={"message": "my budget is $5,000"},
+                                    headers=headers("user_123"))).json()["data"]
+            linked = await http.post("/users/identifiers", headers=headers(admin=True), json={
+                "muxi_user_id": told["user_id"],
+                "identifiers": [{"identifier": key, "type": "api_key"}]})
+            assert linked.status_code == 201, linked.text
+            asked = (await http.post("/chat", json={"message": "what's my budget?"},
+                                     headers=headers(key))).json()["data"]
+            again = (await http.post("/chat", json={"message": "/whoami"},
+                                     headers=headers(key))).json()["data"]
+            jobs = await http.post("/scheduler/jobs", headers=headers(admin=True), json={
+                "schedule": "in 10 minutes", "message": "stretch", "user_id": key})
+            assert jobs.status_code == 201
+    finally:
+        configure_logging("console", "info", cache=False)
+    assert asked["user_id"] == told["user_id"] and "$5,000" in asked["message"]["content"]
+    assert "api_key" in again["message"]["content"]
+    logged = capsys.readouterr().err
+    assert logged and key not in logged
+    for table in await _tables(runtime.db):
+        rows = await runtime.db.fetch(f"SELECT * FROM {table}")
+        assert not [row for row in rows if key in repr(tuple(row))], table
+
+
+async def _tables(db) -> list[str]:
+    if db.dialect == "sqlite":
+        rows = await db.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("sent", [
+    "josé".encode(),  # UTF-8 bytes, as HTTP carries them
+    b"jos%C3%A9",  # percent-encoded UTF-8
+])
+async def test_a_non_ascii_user_id_in_the_header_is_the_same_user_as_in_json(server, sent):
+    url, runtime = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        body = (await http.post("/users/resolve", json={"identifier": "josé"},
+                                headers=headers(admin=True))).json()["data"]
+        chat = await http.post("/chat", json={"message": "hi"},
+                               headers={**headers(), "X-Muxi-User-ID": sent})
+        for name in ("山田太郎", "🦊fox"):
+            quoted = (await http.post("/chat", json={"message": "hi"}, headers={
+                **headers(), "X-Muxi-User-ID": name.encode()}))
+            assert quoted.status_code == 200, quoted.text
+            assert quoted.json()["data"]["user_id"] == await runtime.identity.resolve(
+                runtime.settings.formation_id, name, create=False)
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["data"]["user_id"] == body["muxi_user_id"]

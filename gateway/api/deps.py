@@ -4,13 +4,19 @@ All async: FastAPI runs a plain `def` dependency in a worker thread, a hop per r
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import unquote
 
 from fastapi import Depends, Header, Request
 
 from gateway.api.envelope import ApiError
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
+from identity import Identifier
+
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 async def runtime(request: Request) -> Runtime:
@@ -51,19 +57,58 @@ async def admin_access(f: Annotated[Formation, Depends(formation)], admin_key: A
     raise ApiError(401, "UNAUTHORIZED", "the API key is not valid for this formation")
 
 
-async def user_of(request: Request, f: Formation, rt: Runtime, *, create: bool,
-                  given: str | None = None) -> str | None:
+USER_HEADER = "X-Muxi-User-ID"
+
+
+def header_text(request: Request, name: str) -> str | None:
+    """A header as the UTF-8 text it carries (HTTP hands over bytes; Starlette reads them as
+    Latin-1). Percent-encoded UTF-8 ("jos%C3%A9") is accepted too, for clients that can
+    only send ASCII headers."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        text = value.encode("latin-1").decode("utf-8")
+        if _PERCENT.search(text):
+            text = unquote(text, errors="strict")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise ApiError(422, "INVALID_PARAMS", f"{name}: not valid UTF-8", {"errors": [
+            {"field": name, "msg": "not valid UTF-8", "type": "value_error"}]}) from None
+    return text
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request speaks for: the user, and the identifier that named them (None when
+    named by their usr_… id). `label` names the caller without any secret."""
+
+    user_id: str | None
+    identifier: Identifier | None
+
+    @property
+    def label(self) -> str:
+        return self.identifier.display if self.identifier is not None else str(self.user_id)
+
+
+async def identify(request: Request, f: Formation, rt: Runtime, *, create: bool,
+                   given: str | None = None) -> Caller:
     """The user behind X-Muxi-User-ID (or a user_id parameter): a usr_… id of this
     formation, or any identifier, resolved (and created on first contact when `create`)."""
-    raw = given or request.headers.get("X-Muxi-User-ID") or request.query_params.get("user_id")
+    raw = given or header_text(request, USER_HEADER) or request.query_params.get("user_id")
     if not raw or not raw.strip():
-        raise ApiError(422, "INVALID_PARAMS", "X-Muxi-User-ID: a user identifier is required",
-                       {"errors": [{"field": "X-Muxi-User-ID", "msg": "required",
+        raise ApiError(422, "INVALID_PARAMS", f"{USER_HEADER}: a user identifier is required",
+                       {"errors": [{"field": USER_HEADER, "msg": "required",
                                     "type": "missing"}]})
     raw = raw.strip()
     if raw.startswith("usr_") and await rt.identity.store.user_exists(f.id, raw):
-        return raw
-    return await rt.identity.resolve(f.id, raw, create=create)
+        return Caller(raw, None)
+    user, matched = await rt.identity.resolve_identifier(f.id, raw, create=create)
+    return Caller(user, matched)
+
+
+async def user_of(request: Request, f: Formation, rt: Runtime, *, create: bool,
+                  given: str | None = None) -> str | None:
+    return (await identify(request, f, rt, create=create, given=given)).user_id
 
 
 async def require_user(request: Request, f: Formation, rt: Runtime,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import client_access, runtime, user_of
+from gateway.api.deps import client_access, identify, runtime
 from gateway.api.envelope import ApiError, ok
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.runtime.formations import Formation
@@ -34,12 +34,13 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> Reply:
-    user = await user_of(request, f, rt, create=True)
+    caller = await identify(request, f, rt, create=True)
+    user = caller.user_id
     assert user is not None
     # Without a session id, each identifier has its own API conversation: a client that
-    # speaks as U98765ABC is another conversation than one speaking as user_123.
-    caller = request.headers.get("X-Muxi-User-ID") or user
-    conversation = f"api:{caller.strip()}"
+    # speaks as U98765ABC is another conversation than one speaking as user_123. An api
+    # key is named by its fingerprint, never by itself.
+    conversation = f"api:{caller.label}"
     if body.session_id:
         # Continue that session's conversation (a new session if it went idle).
         try:
@@ -52,7 +53,7 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
                        "characters without spaces")
     # A retry with the same key gets the same reply, never a second turn.
     reply = await rt.engine.handle(InboundMessage(
-        channel="api", identifier=request.headers.get("X-Muxi-User-ID") or user,
+        channel="api", identifier=caller.identifier or user,
         conversation=conversation, text=body.message, formation=f.id, user_id=user,
         message_id=f"{user}:{key}" if key else None, replay=True))
     if reply is None:

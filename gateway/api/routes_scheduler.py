@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import admin_access, require_user, runtime, user_of
+from gateway.api.deps import admin_access, identify, require_user, runtime
 from gateway.api.envelope import ApiError, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
@@ -52,12 +52,12 @@ async def jobs(request: Request, rt: Rt, f: Admin) -> JSONResponse:
 
 @router.post("/scheduler/jobs", tags=["scheduler"], status_code=201)
 async def create_job(request: Request, body: JobBody, rt: Rt, f: Admin) -> JSONResponse:
-    user = await user_of(request, f, rt, create=True, given=body.user_id)
+    caller = await identify(request, f, rt, create=True, given=body.user_id)
+    user = caller.user_id
     assert user is not None
     # It is delivered where the API listens (GET /events) or else the user's latest channel.
-    caller = (body.user_id or request.headers.get("X-Muxi-User-ID") or user).strip()
     task = await rt.memory.tasks.add(user, f.id, body.type, body.schedule, body.message,
-                                     channel="api", conversation=f"api:{caller}")
+                                     channel="api", conversation=f"api:{caller.label}")
     return ok(request, _job(task), obj="job", type_="scheduler.job.created", status=201)
 
 

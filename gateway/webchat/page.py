@@ -35,10 +35,10 @@ import hashlib
 import ipaddress
 import json
 import re
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
