@@ -47,8 +47,9 @@ async def run_engine(url: str, messages: int, users: int, concurrency: int) -> d
     await db.migrate()
     cache = IdentityCache(make_backend("memory://", max_entries=100_000), ttl=3600)
     identity = IdentityService(store_for(db), cache, IdentifierParser(b"bench-secret-0123456789"))
-    engine = Engine(identity, memory.Memory.open(db, credentials_key=KEY), OfflineResponder(),
-                    formation="bench")
+    mem = memory.Memory.open(db, credentials_key=KEY)
+    identity.store.on_merge(mem.merge_into)
+    engine = Engine(identity, mem, OfflineResponder(), formation="bench")
     channel = InMemoryChannel(engine, "bench")
     names = [f"user{i}@bench.test" for i in range(users)]
     for name in names:  # first contact outside the timed part

@@ -1,6 +1,6 @@
 """One user behind every identifier: parsing, resolution, linking, per-formation scoping."""
 
-from identity.database import Database, DatabaseError, PostgresDatabase, SqliteDatabase, connect
+from identity.database import Database, DatabaseError, connect
 from identity.identifiers import IdentifierParser
 from identity.service import IdentityService, InvalidFormationError
 from identity.store import IdentityStore
@@ -17,16 +17,8 @@ from identity.types import (
 
 
 def store_for(db: Database) -> IdentityStore:
-    """The identity store implementation for this database."""
-    if isinstance(db, PostgresDatabase):
-        from identity.store_postgres import PostgresIdentityStore
-
-        return PostgresIdentityStore(db)
-    if isinstance(db, SqliteDatabase):
-        from identity.store_sqlite import SqliteIdentityStore
-
-        return SqliteIdentityStore(db)
-    raise TypeError(f"no identity store for {type(db).__name__}")
+    """The identity store on this database (one implementation for both dialects)."""
+    return IdentityStore(db)
 
 
 __all__ = [

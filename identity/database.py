@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,18 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)(?:\.(postgres|sqlite))?\.sq
 
 class DatabaseError(Exception):
     """The database cannot be reached or is not in a usable state."""
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """An insert that lost a race for a unique value, on either database."""
+    return isinstance(exc, asyncpg.UniqueViolationError) or (
+        isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc))
+
+
+def is_foreign_key_violation(exc: BaseException) -> bool:
+    """A write naming a row that is gone (a user merged away meanwhile), on either database."""
+    return isinstance(exc, asyncpg.ForeignKeyViolationError) or (
+        isinstance(exc, sqlite3.IntegrityError) and "FOREIGN KEY constraint failed" in str(exc))
 
 
 @dataclass(frozen=True)

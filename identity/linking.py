@@ -12,6 +12,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import structlog
+
 from identity.database import Database
 from identity.service import IdentityService
 from identity.types import Identifier
@@ -20,6 +22,8 @@ CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 10
 CODE_TTL = 600.0
 MAX_FAILURES = 5  # per identifier per CODE_TTL
+
+log = structlog.get_logger("threadline.identity")
 
 
 @dataclass(frozen=True)
@@ -56,37 +60,40 @@ class Linker:
 
     async def redeem(self, formation: str, ident: Identifier, current_user: str,
                      code: str) -> LinkOutcome:
-        at = time.time()
-        failures = await self.db.fetchval(
-            "SELECT count(*) FROM link_attempts WHERE formation_id = $1 AND identifier = $2"
-            " AND at > $3",
-            formation, ident.key, at - CODE_TTL,
-        )
-        if failures >= MAX_FAILURES:
-            return LinkOutcome("limited")
-        owner = await self.db.fetchval(
-            "SELECT user_id FROM link_codes WHERE code_hash = $1 AND formation_id = $2"
-            " AND expires_at >= $3",
-            _hash(normalize_code(code)), formation, at,
-        )
-        if owner is None:
-            await self.db.execute(
-                "INSERT INTO link_attempts (formation_id, identifier, at) VALUES ($1, $2, $3)",
-                formation, ident.key, at,
-            )
-            return LinkOutcome("invalid")
-        if owner == current_user:
-            return LinkOutcome("already", owner)
-        others = [i for i in await self.identity.identifiers_of(formation, current_user)]
-        if len(others) > 1:
-            return LinkOutcome("conflict", current_user, len(others) - 1)
-        # Single use: whoever deletes the code first links.
+        """One transaction: the try counter, the code's owner, the checks, consuming the
+        code and the merge all commit together or not at all; tries by one identifier are
+        serialized, so parallel wrong guesses cannot exceed the limit."""
+        at, code_hash = time.time(), _hash(normalize_code(code))
+        moved: list[str] = []
         async with self.db.transaction() as tx:
-            claimed = await tx.fetchval(
-                "DELETE FROM link_codes WHERE code_hash = $1 RETURNING user_id",
-                _hash(normalize_code(code)),
-            )
-        if claimed is None:
-            return LinkOutcome("invalid")
-        await self.identity.merge(formation, owner, current_user)
+            if self.db.dialect == "postgres":  # SQLite write transactions are serialized
+                await tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                 f"link\x1f{formation}\x1f{ident.key}")
+            failures = await tx.fetchval(
+                "SELECT count(*) FROM link_attempts WHERE formation_id = $1 AND identifier = $2"
+                " AND at > $3", formation, ident.key, at - CODE_TTL)
+            if failures >= MAX_FAILURES:
+                return LinkOutcome("limited")
+            owner = await tx.fetchval(
+                "SELECT user_id FROM link_codes WHERE code_hash = $1 AND formation_id = $2"
+                " AND expires_at >= $3" + self._lock, code_hash, formation, at)
+            if owner is None:
+                await tx.execute(
+                    "INSERT INTO link_attempts (formation_id, identifier, at) VALUES ($1, $2, $3)",
+                    formation, ident.key, at)
+                return LinkOutcome("invalid")
+            if owner == current_user:
+                return LinkOutcome("already", owner)
+            others = await self.identity.store.identifiers_of(formation, current_user, q=tx)
+            if len(others) > 1:
+                return LinkOutcome("conflict", current_user, len(others) - 1)
+            await tx.execute("DELETE FROM link_codes WHERE code_hash = $1", code_hash)  # once
+            moved = await self.identity.store.merge(formation, owner, current_user, q=tx)
+        await self.identity.forget(formation, moved)  # after the commit, never before
+        log.info("identifier linked by code", formation=formation, user_id=owner,
+                 merged=current_user, identifier_type=ident.type)
         return LinkOutcome("linked", owner)
+
+    @property
+    def _lock(self) -> str:
+        return " FOR UPDATE" if self.db.dialect == "postgres" else ""

@@ -111,8 +111,10 @@ class IdentityService:
         if user_id is not None:
             check_user_id(user_id)
         idents = self.parser.parse_many(identifiers)
-        result = await self.store.associate(formation, idents, user_id)
-        await self.cache.invalidate(formation, [i.key for i in idents])
+        try:
+            result = await self.store.associate(formation, idents, user_id)
+        finally:  # also after a failure: a conflict may have raced with a change
+            await self.forget(formation, [i.key for i in idents])
         log.info(
             "identifiers linked", formation=formation, user_id=result.user_id,
             created_user=result.created_user,
@@ -133,7 +135,7 @@ class IdentityService:
         try:
             owner = await self.store.unlink(formation, ident)
         finally:
-            await self.cache.invalidate(formation, [ident.key])
+            await self.forget(formation, [ident.key])
         log.info("identifier unlinked", formation=formation, user_id=owner,
                  identifier_type=ident.type)
         return owner
@@ -147,7 +149,24 @@ class IdentityService:
         if keep == absorb:
             raise InvalidIdentifierError("cannot merge a user into itself", field="user_id")
         moved = await self.store.merge(formation, keep, absorb)
-        await self.cache.invalidate(formation, moved)
+        await self.forget(formation, moved)  # never raises: the merge has committed
         log.info("users merged", formation=formation, user_id=keep, merged=absorb,
                  identifiers=len(moved))
         return moved
+
+    async def forget(self, formation: str, keys: list[str]) -> None:
+        """Drop cached mappings after a change. The change has committed: a slow or lost
+        cache is logged, not raised (the entries expire, and a write that finds its cached
+        user gone resolves again; see `refresh`)."""
+        try:
+            await self.cache.invalidate(formation, keys)
+        except Exception as exc:  # noqa: BLE001 - the database holds the truth
+            log.warning("cache invalidation failed; entries will expire", formation=formation,
+                        count=len(keys), error=f"{type(exc).__name__}: {exc}")
+
+    async def refresh(self, formation: str, raw: Any) -> str | None:
+        """Resolve again without trusting the cache: for a write that found its cached user
+        gone (merged away by another process)."""
+        ident = self.parser.parse(raw)
+        await self.forget(formation, [ident.key, self.parser.as_api_key(ident).key])
+        return await self.resolve(formation, ident)

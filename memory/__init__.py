@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from identity.database import Database, register_migrations
-from identity.store import register_merge_statements
 from memory.claims import Claims
 from memory.credentials import Credentials
 from memory.sessions import Sessions
@@ -17,7 +17,7 @@ from memory.user_memory import UserMemory
 
 register_migrations("memory", Path(__file__).with_name("migrations"))
 # Merging users carries memory along; the kept user's facts win over the merged one's.
-register_merge_statements(
+_MERGE = (
     "DELETE FROM facts WHERE user_id = $2 AND EXISTS (SELECT 1 FROM facts AS k"
     " WHERE k.user_id = $1 AND k.kind = facts.kind AND k.key = facts.key)",
     "UPDATE facts SET user_id = $1 WHERE user_id = $2",
@@ -48,6 +48,13 @@ class Memory:
         tasks, claims = Tasks(db), Claims(db)
         return cls(users, sessions, Credentials(db, credentials_key), tasks, claims,
                    Turns(users, sessions, tasks, claims))
+
+    async def merge_into(self, tx: Any, keep: str, absorb: str) -> None:
+        """A merge hook (`IdentityStore.on_merge`): inside the merge's transaction, move
+        `absorb`'s memory to `keep` and rebuild `keep`'s synopsis from what it now holds."""
+        for statement in _MERGE:
+            await tx.execute(statement, keep, absorb)
+        await self.users.refresh_synopsis(keep, q=tx)
 
 
 __all__ = ["Memory", "NotFoundError"]

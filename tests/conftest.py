@@ -124,6 +124,7 @@ def engine(identity: IdentityService, memory_store: memory.Memory, formation: st
     from gateway.conversation.engine import Engine
     from gateway.conversation.responders.offline import OfflineResponder
 
+    identity.store.on_merge(memory_store.merge_into)
     return Engine(identity, memory_store, OfflineResponder(), formation=formation)
 
 

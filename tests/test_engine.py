@@ -229,6 +229,8 @@ async def test_merging_users_carries_memory_and_identifiers(engine, identity, fo
     assert "demo is on Friday" in about
     assert await identity.store.count_users(formation) == 1
     assert len(await engine.memory.sessions.list(alice)) == 2
+    synopsis = await engine.memory.users.synopsis(alice)  # rebuilt by the merge
+    assert "demo is on Friday" in synopsis and "budget: $5,000" in synopsis
 
 
 async def test_link_codes_join_a_second_channel_to_the_same_user(engine):
@@ -387,3 +389,28 @@ async def test_start_greets_and_explains_linking(engine):
     assert "/link" in reply.text and "help" in reply.text
     assert (await InMemoryChannel(engine, "telegram").push(
         ("42", "telegram"), "/start ref-campaign", message_id="t-2")).text == reply.text
+
+
+async def test_fifty_parallel_wrong_codes_get_at_most_five_tries(engine, formation):
+    user = await engine.identity.resolve(formation, ("77", "telegram"))
+    ident = engine.identity.parse(("77", "telegram"))
+    outcomes = await asyncio.gather(*(
+        engine.linker.redeem(formation, ident, user, f"WRONGCODE{n:02d}") for n in range(50)))
+    statuses = [o.status for o in outcomes]
+    assert statuses.count("invalid") == 5 and statuses.count("limited") == 45
+    tries = await engine.memory.users.db.fetchval(
+        "SELECT count(*) FROM link_attempts WHERE formation_id = $1", formation)
+    assert tries == 5
+
+
+async def test_a_code_redeemed_twice_at_once_links_once(engine, formation):
+    owner = await engine.identity.resolve(formation, "owner@x.co")
+    code = await engine.linker.issue(formation, owner)
+    takers = [("801", "telegram"), ("802", "telegram")]
+    users = [await engine.identity.resolve(formation, t) for t in takers]
+    outcomes = await asyncio.gather(*(
+        engine.linker.redeem(formation, engine.identity.parse(t), u, code)
+        for t, u in zip(takers, users, strict=True)))
+    assert sorted(o.status for o in outcomes) == ["invalid", "linked"]
+    linked = await engine.identity.identifiers_of(formation, owner)
+    assert len(linked) == 2  # the owner and exactly one taker

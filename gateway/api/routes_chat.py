@@ -53,7 +53,7 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
                        "characters without spaces")
     # A retry with the same key gets the same reply, never a second turn.
     reply = await rt.engine.handle(InboundMessage(
-        channel="api", identifier=caller.identifier or user,
+        channel="api", identifier=caller.identifier,
         conversation=conversation, text=body.message, formation=f.id, user_id=user,
         message_id=f"{user}:{key}" if key else None, replay=True))
     if reply is None:

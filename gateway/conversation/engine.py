@@ -21,6 +21,7 @@ from gateway.conversation.ports import Send
 from gateway.conversation.responders.base import Context, Responder, Response
 from gateway.conversation.responders.rules import understand
 from identity import IdentifierConflictError, IdentityService, InvalidIdentifierError
+from identity.database import is_foreign_key_violation
 from identity.linking import Linker
 from memory import Memory
 from memory.claims import ClaimLostError, MessageKey
@@ -130,9 +131,19 @@ class Engine:
                 async with self.memory.claims.db.transaction() as tx:
                     await self.memory.claims.complete(tx, key, token, asdict(reply), sent=sent)
             return reply
-        return await self._converse(formation, user_id, message, request_id,
-                                    Completion(key, token, {}, sent)
-                                    if key is not None and token is not None else None)
+        completion = (Completion(key, token, {}, sent)
+                      if key is not None and token is not None else None)
+        try:
+            return await self._converse(formation, user_id, message, request_id, completion)
+        except Exception as exc:
+            if not is_foreign_key_violation(exc) or message.identifier is None:
+                raise
+        # The user was merged away (by another process, or while this turn ran) and our
+        # mapping was stale: resolve afresh and take the turn once more.
+        log.info("user merged away during the turn; resolving again", channel=message.channel)
+        user_id = await self.identity.refresh(formation, message.identifier)
+        assert user_id is not None
+        return await self._converse(formation, user_id, message, request_id, completion)
 
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
                         request_id: str, completion: Completion | None) -> Reply:

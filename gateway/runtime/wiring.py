@@ -58,6 +58,7 @@ class Runtime:
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size)
+            identity.store.on_merge(memory.merge_into)  # merging users carries memory along
             responder = make_responder(settings)
         except BaseException:
             await db.close()

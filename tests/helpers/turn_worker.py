@@ -51,6 +51,7 @@ async def main(db_url: str, formation: str, message_id: str, text: str, outbox: 
     identity = IdentityService(store_for(db), IdentityCache(BoundedMemoryCache()),
                                IdentifierParser(SECRET))
     mem = memory.Memory.open(db, credentials_key=KEY)
+    identity.store.on_merge(mem.merge_into)
     mem.claims.lease = LEASE
     responder = OfflineResponder()
     responder.respond = dying_after(responder.respond, crash_at == "after_model")
