@@ -119,6 +119,7 @@ def to_inbound(message: discord.Message, bot_id: int, *,
         text=text,
         message_id=str(message.id),
         formation=formation,
+        shared=guild_id is not None,
         extras={"guild_id": None if guild_id is None else str(guild_id),
                 "author_name": author.display_name},
     )
@@ -257,7 +258,11 @@ class DiscordAdapter:
                       inbound: InboundMessage) -> None:
         # One conversation answers in order, so replies (and their pieces) never interleave.
         async def send(reply: Reply) -> None:
-            await _send(client, plan_reply(message, reply.text))
+            text = reply.text
+            if reply.private is not None and not await _privately(message.author,
+                                                                  reply.private.text):
+                text = reply.private.fallback
+            await _send(client, plan_reply(message, text))
 
         async with self._in_order(inbound.conversation):
             reply = await self.engine.handle(inbound, send)
@@ -299,6 +304,19 @@ class DiscordAdapter:
                 del self._order[conversation]
             else:
                 self._order[conversation] = (lock, waiting - 1)
+
+
+async def _privately(user: discord.User | discord.Member, text: str) -> bool:
+    """Say `text` in a direct message to `user`; False when Discord refuses (the person
+    accepts no direct messages from this server's members)."""
+    try:
+        channel = await user.create_dm()
+        for piece in split_text(text, MESSAGE_LIMIT, size=_utf16_size):
+            await channel.send(piece)
+    except discord.HTTPException as exc:
+        log.info("discord private message refused", error=str(exc))
+        return False
+    return True
 
 
 async def _send(client: discord.Client, posts: list[Post]) -> None:

@@ -89,6 +89,7 @@ def inbound_from_event(body: Mapping[str, Any], *, bot_user_id: str | None,
         # Slack's retries of one event carry the same event_id; the engine answers it once.
         message_id=body.get("event_id") or event.get("client_msg_id") or f"{channel}:{ts}",
         formation=formation,
+        shared=not direct,
         extras={"channel": channel, "thread_ts": thread_ts, "ts": ts,
                 "team": event.get("team") or body.get("team_id")},
     )
@@ -235,9 +236,22 @@ class SlackAdapter:
         await self._recognise(message)
 
         async def send(reply: Reply) -> None:
-            await self._say(reply.text, message.extras["channel"], message.extras["thread_ts"])
+            text = reply.text
+            if reply.private is not None and not await self._privately(
+                    reply.private.text, message.identifier[0]):
+                text = reply.private.fallback
+            await self._say(text, message.extras["channel"], message.extras["thread_ts"])
 
         await self.engine.handle(message, send)
+
+    async def _privately(self, text: str, user_id: str) -> bool:
+        """Say `text` in the app's direct messages with the person (posting to a user id)."""
+        try:
+            await self._say(text, user_id, None)
+        except SlackApiError as exc:
+            log.info("slack private message refused", error=exc.response.get("error"))
+            return False
+        return True
 
     async def _say(self, text: str, channel: str, thread_ts: str | None) -> None:
         for call in post_calls(text, channel, thread_ts):

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from telegram import Bot, ReplyParameters, Update
-from telegram.error import InvalidToken, RetryAfter
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters._common import InFlight, choice, number, setting, split_text
@@ -109,7 +109,9 @@ def inbound_from_update(update: Mapping[str, Any], *, bot_id: int, bot_username:
         text=text,
         message_id=f"{chat_id}:{message_id}",
         formation=formation,
+        shared=chat.get("type") != "private",
         extras={"chat_id": chat_id, "message_id": message_id, "chat_type": str(chat.get("type")),
+                "user_id": sender["id"],
                 "thread_id": message.get("message_thread_id")
                 if message.get("is_topic_message") else None},
     )
@@ -259,11 +261,25 @@ class TelegramAdapter:
         group = extras["chat_type"] != "private"
 
         async def send(reply: Reply) -> None:
-            await self._say(bot, reply.text, extras["chat_id"],
+            text = reply.text
+            if reply.private is not None and not await self._privately(
+                    bot, reply.private.text, extras["user_id"]):
+                text = reply.private.fallback
+            await self._say(bot, text, extras["chat_id"],
                             reply_to=extras["message_id"] if group else None,
                             thread_id=extras["thread_id"])
 
         await self.engine.handle(message, send)
+
+    async def _privately(self, bot: Bot, text: str, user_id: int) -> bool:
+        """Say `text` in the person's private chat with the bot; False where Telegram will
+        not let us (they never opened one, or blocked the bot)."""
+        try:
+            await self._say(bot, text, user_id)
+        except (Forbidden, BadRequest) as exc:
+            log.info("telegram private message refused", error=str(exc))
+            return False
+        return True
 
     async def _say(self, bot: Bot, text: str, chat_id: int | str, *,
                    reply_to: int | None = None, thread_id: int | None = None) -> None:

@@ -32,7 +32,7 @@ def _task(row: Any) -> Task:
 def next_run(kind: str, schedule: str, after: float) -> float:
     """When a task with this schedule fires next, after `after`; raises on a bad schedule."""
     schedule = schedule.strip()
-    if kind == "one_time":
+    if kind in ("one_time", "notice"):  # a notice: said once, now, with no reminder mark
         if match := _IN.match(schedule):
             return after + int(match.group(1)) * _UNIT[match.group(2).lower()]
         try:
@@ -120,20 +120,22 @@ class Tasks:
         if found is None:
             raise NotFoundError("scheduled job", task_id)
 
-    async def claim_due(self, worker: str, limit: int = 50,
-                        at: float | None = None) -> builtins.list[Task]:
-        """Take the due tasks for this worker; no other worker gets the same ones."""
+    async def claim_due(self, worker: str, limit: int = 50, at: float | None = None,
+                        formation: str | None = None) -> builtins.list[Task]:
+        """Take the due tasks (of one formation, or all) for this worker; no other worker
+        gets the same ones."""
         at = now() if at is None else at
+        only = " AND formation_id = $5" if formation is not None else ""
         lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
         async with self.db.transaction() as tx:
             rows = await tx.fetch(
                 "UPDATE scheduled_tasks SET status = 'running', claimed_by = $1, claimed_at = $2"
                 " WHERE id IN (SELECT id FROM scheduled_tasks WHERE"
                 " ((status = 'scheduled' AND next_run <= $2)"
-                " OR (status = 'running' AND claimed_at < $3))"
+                f" OR (status = 'running' AND claimed_at < $3)){only}"
                 f" ORDER BY next_run LIMIT $4{lock})"
                 f" RETURNING {_COLUMNS}",
-                worker, at, at - LEASE_SECONDS, limit,
+                worker, at, at - LEASE_SECONDS, limit, *([formation] if formation else []),
             )
         return [_task(r) for r in rows]
 

@@ -69,6 +69,7 @@ def _listen(url: str, formation_id: str, user: str, got: list, ready: threading.
 
 async def test_a_reminder_set_over_the_api_arrives_once_on_the_event_stream(server):
     url, runtime = server
+    runtime.scheduler.formation = runtime.settings.formation_id
     runtime.scheduler.interval = 0.2
     scheduler = asyncio.create_task(runtime.scheduler.run())
     got: list = []
@@ -104,7 +105,8 @@ async def test_a_reminder_set_over_the_api_arrives_once_on_the_event_stream(serv
             await runtime.identity.resolve(runtime.settings.formation_id, "api-user@x.co"),
             runtime.settings.formation_id, "one_time", "in 0 seconds", "bye",
             channel="api", conversation="api:api-user@x.co")
-        await Scheduler(runtime.memory, runtime.channels).run_once()
+        await Scheduler(runtime.memory, runtime.channels,
+                        formation=runtime.settings.formation_id).run_once()
         await asyncio.wait_for(listener, 10)
 
 
@@ -122,7 +124,7 @@ async def test_a_failed_delivery_is_visible_through_the_api(server):
     task = await runtime.memory.tasks.add(user, runtime.settings.formation_id, "one_time",
                                           "in 0 seconds", "stretch", channel="telegram",
                                           conversation="77")
-    scheduler = Scheduler(runtime.memory, runtime.channels)
+    scheduler = Scheduler(runtime.memory, runtime.channels, formation=runtime.settings.formation_id)
     await scheduler.run_once(at=task.next_run + 1)
     async with httpx.AsyncClient(base_url=url + "/v1") as http:
         job = (await http.get(f"/scheduler/jobs/{task.id}",

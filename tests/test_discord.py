@@ -251,7 +251,8 @@ async def test_reminders_go_to_the_discord_channel_they_were_asked_in(peer, bot,
     alice = await engine.identity.resolve(engine.formation, (ALICE_ID, "discord"))
     later = (await engine.memory.tasks.list(alice))[0].next_run + 1
 
-    assert await Scheduler(engine.memory, registry).run_once(at=later) == 1
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation)
+    assert await scheduler.run_once(at=later) == 1
     channel_id, body = peer.posts[-1]
     assert channel_id == DM_CHANNEL_ID and body["content"] == "⏰ Reminder: stretch"
 
@@ -417,3 +418,21 @@ def test_the_limit_counts_what_discord_counts():
     assert len(pieces) == 2 and "".join(pieces) == emoji
     assert all(len(p.encode("utf-16-le")) // 2 <= MESSAGE_LIMIT for p in pieces)
 
+
+
+async def test_a_link_code_asked_for_in_a_guild_goes_by_direct_message(peer, bot, engine):
+    mention = peer.message("message_create_guild_mention")
+    await peer.push(dict(mention, content=mention["content"].split(">")[0] + "> /link",
+                         id="1500000000000000091"))
+    await peer.wait_for(lambda: len(peer.posts) >= 2)
+    in_guild = [body for channel, body in peer.posts if channel == GUILD_CHANNEL_ID]
+    direct = [body for channel, body in peer.posts if channel != GUILD_CHANNEL_ID]
+    assert len(in_guild) == 1 and "private message" in in_guild[0]["content"]
+    assert len(direct) == 1 and "Your link code is" in direct[0]["content"]
+    # Someone who takes no direct messages: told so in the guild, and no code anywhere.
+    peer.no_dm.add(ALICE_ID)
+    await peer.push(dict(mention, content=mention["content"].split(">")[0] + "> /link",
+                         id="1500000000000000092"))
+    await peer.wait_for(lambda: len(peer.posts) >= 3)
+    assert "couldn't message you privately" in peer.posts[2][1]["content"]
+    assert sum("Your link code is" in body["content"] for _, body in peer.posts) == 1

@@ -462,7 +462,8 @@ async def test_a_reminder_is_delivered_into_the_email_thread(engine, identity, d
     registry = ChannelRegistry()
     registry.add(adapter)
     later = (await engine.memory.tasks.list(user_id))[0].next_run + 1
-    assert await Scheduler(engine.memory, registry).run_once(at=later) == 1
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation)
+    assert await scheduler.run_once(at=later) == 1
 
     reminder = (await smtp_server.wait_for(2))[1]
     assert reminder.rcpt_tos == ["alice@acme.com"]

@@ -108,7 +108,8 @@ async def test_a_reminder_goes_where_it_was_asked_once(engine, db):
     registry = ChannelRegistry()
     registry.add(web)
     registry.add(slack)
-    first, second = Scheduler(engine.memory, registry), Scheduler(engine.memory, registry)
+    first, second = (Scheduler(engine.memory, registry, formation=engine.formation)
+                     for _ in range(2))
     assert await first.run_once() == 0  # not due yet
     later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
     fired = await asyncio.gather(first.run_once(at=later), second.run_once(at=later))
@@ -131,7 +132,8 @@ async def test_a_reminder_reaches_the_latest_channel_when_its_own_cannot(engine)
     registry.add(web)
     registry.add(slack)
     later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
-    assert await Scheduler(engine.memory, registry).run_once(at=later) == 1
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation)
+    assert await scheduler.run_once(at=later) == 1
     assert slack.outbox[-1].text == "⏰ Reminder: stretch" and slack.outbox[-1].conversation == "D1"
     task = (await engine.memory.tasks.list(reply.user_id, include_done=True))[0]
     assert task.status == "done" and task.delivered_via == "slack:D1"
@@ -144,7 +146,7 @@ async def test_a_reminder_nobody_can_receive_now_waits_in_the_transcript(engine)
     registry = ChannelRegistry()
     registry.add(web)
     later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
-    await Scheduler(engine.memory, registry).run_once(at=later)
+    await Scheduler(engine.memory, registry, formation=engine.formation).run_once(at=later)
     assert "⏰ Reminder: stretch" not in [m.text for m in web.outbox]
     buffer = await engine.memory.sessions.buffer(reply.session_id)
     assert buffer[-1].content == "⏰ Reminder: stretch"
@@ -163,7 +165,8 @@ async def test_failing_deliveries_back_off_then_give_up_with_the_reason(engine):
     reply = await slack.push(("U1", "slack"), "remind me in 1 minute to stretch")
     registry = ChannelRegistry()
     registry.add(Down())
-    scheduler = Scheduler(engine.memory, registry, backoff=Backoff(first=10, max_attempts=3))
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation,
+                          backoff=Backoff(first=10, max_attempts=3))
     at = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
     delays = []
     for _ in range(3):
@@ -414,3 +417,38 @@ async def test_a_code_redeemed_twice_at_once_links_once(engine, formation):
     assert sorted(o.status for o in outcomes) == ["invalid", "linked"]
     linked = await engine.identity.identifiers_of(formation, owner)
     assert len(linked) == 2  # the owner and exactly one taker
+
+
+async def test_a_new_link_is_told_to_the_accounts_other_channels_and_unlink_works_there(
+        engine, formation):
+    web, slack, telegram = (InMemoryChannel(engine, name)
+                            for name in ("web", "slack", "telegram"))
+    alice = (await web.push("alice@x.co", "my budget is $5,000")).user_id
+    await engine.identity.associate(formation, [("U1", "slack")], user_id=alice)
+    await slack.push(("U1", "slack"), "hi", conversation="D1")
+    code_text = (await web.push("alice@x.co", "/link")).text
+    code = code_text.split("send /link ")[1].split()[0]
+    linked = await telegram.push(("606", "telegram"), f"/link {code}")
+    assert linked.text.startswith("Linked!") and linked.user_id == alice
+    registry = ChannelRegistry()
+    for channel in (web, slack, telegram):
+        registry.add(channel)
+    assert await Scheduler(engine.memory, registry, formation=formation).run_once() == 2
+    notices = {m.channel: m.text for m in web.outbox + slack.outbox if "was just linked" in m.text}
+    assert set(notices) == {"web", "slack"} and "tg_" in notices["slack"]
+    assert not [m for m in telegram.outbox if "was just linked" in m.text]
+    # "This wasn't me": from Slack, the Telegram identifier is removed.
+    listing = (await slack.push(("U1", "slack"), "/unlink", conversation="D1")).text
+    number = next(line.split(".")[0] for line in listing.splitlines() if "telegram" in line)
+    done = await slack.push(("U1", "slack"), f"/unlink {number}", conversation="D1")
+    assert done.text.startswith("Unlinked telegram")
+    assert await engine.owner(("606", "telegram")) is None
+    assert "$5,000" not in (await telegram.push(("606", "telegram"), "what's my budget?")).text
+
+
+async def test_a_link_code_is_never_kept_with_the_messages_claim(engine, db):
+    reply = await InMemoryChannel(engine, "web").push("a@x.co", "/link", message_id="l-1")
+    code = reply.text.split("send /link ")[1].split()[0]
+    for table in ("processed_messages", "session_messages", "working_memory"):
+        rows = await db.fetch(f"SELECT * FROM {table}")
+        assert not [r for r in rows if code in repr(tuple(r))], table

@@ -247,7 +247,7 @@ async def test_a_reminder_asked_in_a_dm_arrives_there_once(bot: Slack, engine):
     assert "remind you to stretch" in told["text"]
     registry = ChannelRegistry()
     registry.add(bot.adapter)
-    scheduler = Scheduler(engine.memory, registry)
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation)
     await asyncio.sleep(1.1)
     assert await scheduler.run_once() == 1
     assert await scheduler.run_once() == 0
@@ -461,3 +461,13 @@ async def test_link_codes_carry_a_person_from_slack_to_telegram(bot: Slack, engi
     assert "slack:" in whoami and "telegram:" in whoami
     alice = await engine.identity.resolve(engine.formation, ("U98765ABC", "slack"))
     assert await engine.identity.resolve(engine.formation, "tg_4242") == alice
+
+
+async def test_a_link_code_asked_for_in_a_channel_goes_by_direct_message(bot: Slack):
+    body = fixture("app_mention", text="<@UBOT> /link")
+    assert (await bot.send(body)).status_code == 200
+    posted = await bot.peer.wait_posted(2)
+    in_channel = [p for p in posted if p["channel"] == "C0123GENRL"]
+    direct = [p for p in posted if p["channel"] == "U98765ABC"]
+    assert len(in_channel) == 1 and "private message" in in_channel[0]["text"]
+    assert len(direct) == 1 and "Your link code is" in direct[0]["text"]

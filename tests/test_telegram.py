@@ -358,10 +358,32 @@ async def test_a_reminder_arrives_once_and_a_web_one_follows_the_person_here(bot
     registry = ChannelRegistry()
     registry.add(bot)
     registry.add(web)
-    scheduler = Scheduler(engine.memory, registry)
+    scheduler = Scheduler(engine.memory, registry, formation=engine.formation)
     await asyncio.sleep(1.1)
     assert await scheduler.run_once() == 2
     assert await scheduler.run_once() == 0
     reminders = [m["text"] for m in (await peer.wait_sent(4))[2:]]
     assert sorted(reminders) == ["⏰ Reminder: drink water", "⏰ Reminder: stretch"]
     assert all(m["chat_id"] == "4242" for m in peer.sent[2:])
+
+
+async def test_a_link_code_asked_for_in_a_group_is_sent_privately(bot, peer, engine):
+    await peer.push(fixture("group_command", text="/link@threadline_bot", message_id=207,
+                            entities=[{"offset": 0, "length": 20, "type": "bot_command"}]))
+    sent = await peer.wait_sent(2)
+    in_group = [m for m in sent if m["chat_id"] == str(GROUP)]
+    in_private = [m for m in sent if m["chat_id"] == "4242"]
+    assert len(in_group) == 1 and "private message" in in_group[0]["text"]
+    assert len(in_private) == 1 and "Your link code is" in in_private[0]["text"]
+    code = in_private[0]["text"].split("send /link ")[1].split()[0]
+    assert code not in json.dumps(in_group)
+    # Someone who never opened a private chat with the bot gets no code at all.
+    peer.no_private.add(5151)
+    bob = fixture("group_command", text="/link@threadline_bot", message_id=208,
+                  entities=[{"offset": 0, "length": 20, "type": "bot_command"}])
+    bob["message"]["from"]["id"] = 5151
+    await peer.push(bob)
+    refused = (await peer.wait_sent(3))[2]
+    assert refused["chat_id"] == str(GROUP) and "couldn't message you privately" in (
+        refused["text"])
+    assert not [m for m in peer.sent if m["chat_id"] != "4242" and "Your link code" in m["text"]]

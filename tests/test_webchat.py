@@ -226,6 +226,7 @@ async def test_expired_forged_and_foreign_tokens_get_401(serve):
 
 async def test_name_mode_works_on_loopback_in_development(serve):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
     async with httpx.AsyncClient(base_url=url) as http:
         text, done = await say(http, "call me Sam", name="  user_123 ")
         assert "Sam" in text
@@ -302,6 +303,7 @@ async def test_each_tab_is_its_own_conversation(serve):
 
 async def test_a_failed_turn_ends_the_stream_with_an_error_event(serve, monkeypatch):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("database on fire")
@@ -333,6 +335,7 @@ async def test_the_budget_follows_the_person_to_a_linked_identifier(serve):
 
 async def test_a_resent_message_with_the_same_id_is_one_turn(serve):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
     async with httpx.AsyncClient(base_url=url) as http:
         body = {"text": "my budget is $5,000", "conversation": "tab-1", "name": "user_123",
                 "message_id": "m-1"}
@@ -345,6 +348,7 @@ async def test_a_resent_message_with_the_same_id_is_one_turn(serve):
 
 async def test_an_open_page_hears_its_reminder_and_a_reopened_one_finds_it(serve):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
     who = {"conversation": "tab-1", "name": "user_123"}
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         text, _ = await say(http, "remind me in 1 second to stretch", **who)
@@ -371,6 +375,7 @@ async def test_an_open_page_hears_its_reminder_and_a_reopened_one_finds_it(serve
 
 async def test_with_the_page_closed_a_reminder_waits_in_the_transcript(serve):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
     who = {"conversation": "tab-2", "name": "user_456"}
     async with httpx.AsyncClient(base_url=url) as http:
         await say(http, "remind me in 1 second to drink water", **who)
@@ -382,6 +387,7 @@ async def test_with_the_page_closed_a_reminder_waits_in_the_transcript(serve):
 
 async def test_name_mode_refuses_other_sites_rebound_hosts_and_form_posts(serve):
     url, runtime = await serve()
+    runtime.scheduler.formation = runtime.settings.formation_id
     body = {"text": "what's my budget?", "conversation": "t", "name": "alice@acme.com"}
     async with httpx.AsyncClient(base_url=url) as http:
         assert (await http.post("/webchat/messages", json=body)).status_code == 200

@@ -72,6 +72,8 @@ async def test_the_budget_told_as_one_identity_is_read_as_a_linked_one(
     from playwright.async_api import expect
 
     url, runtime = await serve()
+
+    runtime.scheduler.formation = runtime.settings.formation_id
     formation = runtime.settings.formation_id
     problems: list[str] = []
     async with opened(chromium, url, problems) as page:
@@ -152,6 +154,8 @@ async def test_a_reminder_appears_live_and_the_conversation_survives_a_reload(
     from playwright.async_api import expect
 
     url, runtime = await serve()
+
+    runtime.scheduler.formation = runtime.settings.formation_id
     runtime.scheduler.interval = 0.2
     scheduler = asyncio.create_task(runtime.scheduler.run())
     problems: list[str] = []

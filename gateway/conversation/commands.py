@@ -1,10 +1,12 @@
 """Commands every channel understands before the assistant sees the message:
-/start, /help, /link, /link CODE and /whoami."""
+/start, /help, /link, /link CODE, /whoami and /unlink [N]."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from gateway.conversation.messages import Private
 from identity import IdentityService, LinkedIdentifier
 from identity.linking import CODE_TTL, Linker
 
@@ -14,6 +16,12 @@ _WHOAMI = re.compile(r"^\s*(?:/whoami|who am i linked as\??)\s*$", re.I)
 # Telegram sends "/start" (with a deep-link payload, sometimes) when a person opens the bot.
 _START = re.compile(r"^\s*/start(?:\s+\S{1,64})?\s*$", re.I)
 _HELP = re.compile(r"^\s*/help\s*$", re.I)
+_UNLINK = re.compile(r"^\s*/unlink(?:\s+(\d{1,3}))?\s*$", re.I)
+
+SENT_PRIVATELY = ("I've sent you a link code in a private message: a code is never shown "
+                  "where others can read it.")
+ASK_PRIVATELY = ("A link code is never shown where others can read it, and I couldn't "
+                 "message you privately. Send /link to me in a direct message.")
 
 HELP = (
     "I remember what you tell me, on every channel you have linked. Try:\n"
@@ -31,7 +39,20 @@ WELCOME = (
 
 
 def is_command(text: str) -> bool:
-    return any(p.match(text) for p in (_LINK, _REDEEM, _WHOAMI, _START, _HELP))
+    return any(p.match(text) for p in (_LINK, _REDEEM, _WHOAMI, _START, _HELP, _UNLINK))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command's reply. `keep`: its text may be stored (with the message's claim) for a
+    redelivery; a link code never is. `linked`: an identifier just joined the account of
+    user `owner`."""
+
+    text: str
+    private: Private | None = None
+    keep: bool = True
+    linked: str | None = None
+    owner: str | None = None
 
 
 def mask(item: LinkedIdentifier) -> str:
@@ -48,31 +69,65 @@ def mask(item: LinkedIdentifier) -> str:
 
 
 async def run_command(text: str, *, formation: str, identifier: object, user_id: str,
-                      identity: IdentityService, linker: Linker) -> str:
+                      identity: IdentityService, linker: Linker, shared: bool = False
+                      ) -> Answer:
     if _START.match(text):
-        return WELCOME
+        return Answer(WELCOME)
     if _HELP.match(text):
-        return HELP
+        return Answer(HELP)
     if _WHOAMI.match(text):
         items = await identity.identifiers_of(formation, user_id)
-        lines = [f"• {item.type or 'other'}: {mask(item)}" for item in items]
-        return "You are linked on:\n" + "\n".join(lines)
+        return Answer("You are linked on:\n" + _numbered(items))
+    if match := _UNLINK.match(text):
+        return await _unlink(match.group(1), formation, user_id, identity)
     if match := _REDEEM.match(text):
-        ident = identity.parse(identifier)
-        outcome = await linker.redeem(formation, ident, user_id, match.group(1))
-        if outcome.status == "linked":
-            return ("Linked! This account now shares memory with your other channels. "
-                    "Say /whoami to see them all.")
-        if outcome.status == "already":
-            return "This account is already linked to that user; nothing to do."
-        if outcome.status == "limited":
-            return "Too many wrong codes. Wait a few minutes, then ask for a new code with /link."
-        if outcome.status == "conflict":
-            return (f"This account already belongs to a user with {outcome.others} other linked "
-                    "channel(s), so I can't move it; nothing was changed. Unlink it there "
-                    "first, or send /link from this account and redeem the code on the other.")
-        return ("That code is not valid or has expired. Send /link on your other channel "
-                "for a new one.")
+        return await _redeem(match.group(1), formation, identifier, user_id, identity, linker)
     code = await linker.issue(formation, user_id)
-    return (f"Your link code is {code[:5]}-{code[5:]}. Within {int(CODE_TTL // 60)} minutes, send "
-            f"/link {code} from the other channel you want to connect. It works once.")
+    said = (f"Your link code is {code[:5]}-{code[5:]}. Within {int(CODE_TTL // 60)} minutes, "
+            f"send /link {code} from the other channel you want to connect. It works once.")
+    if shared:  # others read this conversation: the code goes to the person alone
+        return Answer(SENT_PRIVATELY, Private(said, ASK_PRIVATELY))
+    return Answer(said, keep=False)
+
+
+def _numbered(items: list[LinkedIdentifier]) -> str:
+    return "\n".join(f"{n}. {item.type or 'other'}: {mask(item)}"
+                     for n, item in enumerate(items, 1))
+
+
+async def _unlink(number: str | None, formation: str, user_id: str,
+                  identity: IdentityService) -> Answer:
+    items = await identity.identifiers_of(formation, user_id)
+    if number is None or not 1 <= int(number) <= len(items):
+        return Answer("Your linked channels:\n" + _numbered(items) + "\nSend /unlink N to "
+                      "remove number N from your account (its memory stays with you).")
+    if len(items) == 1:
+        return Answer("That is your only identifier: there is nothing to unlink it from.")
+    item = items[int(number) - 1]
+    if item.type == "api_key":  # listed by fingerprint only: the key itself is not known
+        return Answer("An API key is unlinked by the operator (threadline users unlink).")
+    await identity.unlink(formation, (item.identifier, item.type))
+    return Answer(f"Unlinked {item.type or 'other'}: {mask(item)}. It no longer reaches your "
+                  "memory; messages from it start afresh.")
+
+
+async def _redeem(code: str, formation: str, identifier: object, user_id: str,
+                  identity: IdentityService, linker: Linker) -> Answer:
+    ident = identity.parse(identifier)
+    outcome = await linker.redeem(formation, ident, user_id, code)
+    if outcome.status == "linked":
+        return Answer("Linked! This account now shares memory with your other channels. "
+                      "Say /whoami to see them all.", linked=ident.display,
+                      owner=outcome.user_id)
+    if outcome.status == "already":
+        return Answer("This account is already linked to that user; nothing to do.")
+    if outcome.status == "limited":
+        return Answer("Too many wrong codes. Wait a few minutes, then ask for a new code with "
+                      "/link.")
+    if outcome.status == "conflict":
+        return Answer(f"This account already belongs to a user with {outcome.others} other "
+                      "linked channel(s), so I can't move it; nothing was changed. Unlink it "
+                      "there first, or send /link from this account and redeem the code on "
+                      "the other.")
+    return Answer("That code is not valid or has expired. Send /link on your other channel "
+                  "for a new one.")

@@ -30,6 +30,7 @@ from memory.types import InvalidScheduleError, ScheduleRequest, Task, now
 
 log = structlog.get_logger("threadline.engine")
 
+CODE_NOT_KEPT = "A link code was made for you here; send /link again for a fresh one."
 APOLOGY = ("Sorry, I couldn't answer that just now. Your message is saved; "
            "please try again in a moment.")
 
@@ -123,13 +124,20 @@ class Engine:
         request_id = f"req_{uuid.uuid4().hex[:16]}"
         if is_command(message.text):
             # Not a conversation turn: link codes stay out of buffers and memory.
-            text = await run_command(message.text, formation=formation,
-                                     identifier=message.identifier or user_id, user_id=user_id,
-                                     identity=self.identity, linker=self.linker)
-            reply = Reply(text, user_id, "", request_id)
+            answer = await run_command(message.text, formation=formation,
+                                       identifier=message.identifier or user_id,
+                                       user_id=user_id, identity=self.identity,
+                                       linker=self.linker, shared=message.shared)
+            reply = Reply(answer.text, answer.owner or user_id, "", request_id, answer.private)
+            if answer.linked is not None and answer.owner is not None:
+                await self._tell_other_channels(formation, answer.owner, message,
+                                                answer.linked)
             if key is not None and token is not None:
+                # A link code is never kept: a redelivery says so instead.
+                kept = asdict(replace(reply, private=None) if answer.keep else
+                              replace(reply, text=CODE_NOT_KEPT, private=None))
                 async with self.memory.claims.db.transaction() as tx:
-                    await self.memory.claims.complete(tx, key, token, asdict(reply), sent=sent)
+                    await self.memory.claims.complete(tx, key, token, kept, sent=sent)
             return reply
         completion = (Completion(key, token, {}, sent)
                       if key is not None and token is not None else None)
@@ -173,6 +181,21 @@ class Engine:
         log.info("turn", channel=channel, user_id=user_id, session_id=stored.id,
                  new_session=session.is_new, request_id=request_id)
         return reply if stored.id == session.id else replace(reply, session_id=stored.id)
+
+    async def _tell_other_channels(self, formation: str, user_id: str,
+                                   message: InboundMessage, linked: str) -> None:
+        """An identifier just joined the account: its other channels hear of it (a notice
+        delivered like a reminder), so a link the person did not make does not go unseen."""
+        text = (f"{linked} was just linked to your account on {message.channel}. If this "
+                "wasn't you, send /unlink here to see your linked channels and remove it.")
+        seen: set[str] = {message.channel}
+        for session in await self.memory.sessions.list(user_id, limit=50):
+            if session.channel in seen:
+                continue
+            seen.add(session.channel)
+            await self.memory.tasks.add(user_id, formation, "notice", "in 0 seconds", text,
+                                        channel=session.channel,
+                                        conversation=session.conversation)
 
     def _tasks(self, user_id: str, formation: str, message: InboundMessage,
                requests: list[ScheduleRequest]) -> list[Task]:

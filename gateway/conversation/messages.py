@@ -18,6 +18,8 @@ class InboundMessage:
     `replay`: a redelivery of a message already answered gets the same reply again (an
     HTTP retry with the same idempotency key) rather than nothing (a platform redelivery).
     `user_id`: set when the transport has already resolved who is talking (the API).
+    `shared`: others can read the conversation (a group chat, a channel), so nothing only
+    for this person (a link code) is said there.
     Platform-only data rides in `extras`.
     """
 
@@ -30,6 +32,19 @@ class InboundMessage:
     extras: Mapping[str, Any] = field(default_factory=dict)
     replay: bool = False
     user_id: str | None = None
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Private:
+    """What only the person may read (a link code), asked for where others can read.
+
+    The channel says `text` to the person alone (a direct message), and then the reply's
+    own text in the shared conversation; where it cannot reach them alone, `fallback`
+    instead."""
+
+    text: str
+    fallback: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,7 @@ class Reply:
     user_id: str
     session_id: str
     request_id: str
+    private: Private | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,10 @@ class Backoff:
 
 class Scheduler:
     def __init__(self, memory: Memory, channels: ChannelRegistry, *,
-                 interval: float = 1.0, backoff: Backoff | None = None) -> None:
+                 interval: float = 1.0, backoff: Backoff | None = None,
+                 formation: str | None = None) -> None:
         self.memory = memory
+        self.formation = formation  # None: every formation's tasks
         self.channels = channels
         self.interval = interval
         self.backoff = backoff or Backoff()
@@ -48,13 +50,14 @@ class Scheduler:
     async def run_once(self, at: float | None = None) -> int:
         """Fire every due task once; returns how many were delivered."""
         delivered = 0
-        for task in await self.memory.tasks.claim_due(self.worker, at=at):
+        for task in await self.memory.tasks.claim_due(self.worker, at=at,
+                                                      formation=self.formation):
             if await self._fire(task):
                 delivered += 1
         return delivered
 
     async def _fire(self, task: Task) -> bool:
-        text = f"⏰ Reminder: {task.message}"
+        text = task.message if task.kind == "notice" else f"⏰ Reminder: {task.message}"
         target = await self._reachable(task)
         if target is None:  # nobody reachable now: the transcript keeps it
             target = await self._origin(task)

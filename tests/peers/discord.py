@@ -59,6 +59,8 @@ class DiscordPeer:
         self.resumes: list[dict[str, Any]] = []
         self.connections = 0
         self.ready = 0  # READY dispatches sent: sessions the client can be pushed messages on
+        self.no_dm: set[str] = set()  # users who accept no direct messages from the bot
+        self._dm_owner: dict[str, str] = {}  # direct-message channel -> its recipient
         self.url = ""
         self._limit_next = 0
         self._retry_after = 0.05
@@ -87,6 +89,7 @@ class DiscordPeer:
         app.router.add_get("/api/v10/gateway", self._gateway_info)
         app.router.add_get("/api/v10/gateway/bot", self._gateway_info)
         app.router.add_post("/api/v10/channels/{channel_id}/messages", self._create_message)
+        app.router.add_post("/api/v10/users/@me/channels", self._open_dm)
         app.router.add_get("/gw", self._gateway)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -166,9 +169,24 @@ class DiscordPeer:
         return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
 
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        """A direct-message channel with a user; refused for those in `no_dm`."""
+        recipient = str((await request.json())["recipient_id"])
+        if recipient in self.no_dm:
+            return _json({"message": "Cannot send messages to this user", "code": 50007},
+                         status=403)
+        author = dict(fixture("message_create_dm")["d"]["author"], id=recipient)
+        channel_id = f"77{recipient[-10:]}"
+        self._dm_owner[channel_id] = recipient
+        return _json({"id": channel_id, "type": 1, "last_message_id": None,
+                      "flags": 0, "recipients": [author]})
+
     async def _create_message(self, request: web.Request) -> web.Response:
         channel_id = request.match_info["channel_id"]
         body = await request.json()
+        if self._dm_owner.get(channel_id) in self.no_dm:
+            return _json({"message": "Cannot send messages to this user", "code": 50007},
+                         status=403)
         if self._limit_next > 0:
             self._limit_next -= 1
             self.rate_limited.append((channel_id, body))

@@ -31,6 +31,7 @@ class TelegramPeer:
         self.webhook: dict[str, Any] = {}
         self.drop_polls = 0  # how many next getUpdates calls lose their connection
         self.fail_polls = 0  # how many next getUpdates calls get 502 Bad Gateway
+        self.no_private: set[int] = set()  # users who never opened a private chat with us
         self.dropped = 0
         self.rate_limited = 0  # how many next sendMessage calls get 429
         self.url = ""
@@ -119,6 +120,8 @@ class TelegramPeer:
             return _error(400, "Bad Request: message is too long")
         sent = {key: _decoded(value) for key, value in args.items()}
         chat_id = int(sent["chat_id"])
+        if chat_id in self.no_private:
+            return _error(403, "Forbidden: bot can't initiate conversation with a user")
         chat = self._chats.get(chat_id, {"id": chat_id, "type": "private", "first_name": "?"})
         message = {"message_id": next(self._message_ids), "from": BOT, "chat": chat,
                    "date": int(time.time()), "text": text}
