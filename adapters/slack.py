@@ -164,7 +164,6 @@ class SlackAdapter:
         self.app.event("app_mention")(self._on_event)
         self._handler = AsyncSlackRequestHandler(self.app)
         self._inflight = InFlight(CHANNEL)
-        self._known: set[str] = set()  # Slack ids whose first contact was already checked
         self._first_contact: dict[str, asyncio.Lock] = {}
         self._stopping = False
 
@@ -258,21 +257,20 @@ class SlackAdapter:
             await self.client.chat_postMessage(**call)
 
     async def _recognise(self, message: InboundMessage) -> None:
-        """On first contact, link the Slack id to whoever owns its profile email."""
+        """On first contact, link the Slack id to whoever owns its profile email. "First"
+        is asked of the identity core each time (a cached lookup), so an id unlinked later
+        is matched afresh on its next message."""
         slack_id = message.identifier[0]
-        if slack_id in self._known:
+        formation = message.formation or self.engine.formation
+        if await self.engine.owner(message.identifier, formation=formation) is not None:
             return
         lock = self._first_contact.setdefault(slack_id, asyncio.Lock())
         async with lock:
-            if slack_id in self._known:
-                return
-            formation = message.formation or self.engine.formation
             if await self.engine.owner(message.identifier, formation=formation) is None:
                 email = await self._email_of(slack_id)
                 if email is not None:
                     await self.engine.link_by_email(message.identifier, email,
                                                     formation=formation)
-            self._known.add(slack_id)
         self._first_contact.pop(slack_id, None)
 
     async def _email_of(self, slack_id: str) -> str | None:

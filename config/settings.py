@@ -7,6 +7,7 @@ with an error naming it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets as _secrets
@@ -59,6 +60,8 @@ class Settings(BaseModel):
     # channels.<name>: that channel's settings, e.g. {"slack": {"bot_token": …}}; a
     # channel runs when its section is present and not `enabled: false`.
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
+    # identity.types: identifier types beyond the built-in ones (e.g. ["crm"]).
+    identity_types: list[str] = Field(default_factory=list)
 
     @property
     def database(self) -> str:
@@ -151,7 +154,40 @@ def interpolate(node: Any, lookup: Mapping[str, str], where: str) -> Any:
     return node
 
 
+# What a formation file may hold, section by section: a misspelled key is an error with a
+# did-you-mean, never silently ignored. Sections of the MUXI runtime that Threadline does
+# not use (agents, llm, …) are accepted and left alone.
+_SECTIONS: dict[str, set[str] | None] = {
+    "id": None, "name": None, "description": None, "version": None, "schema": None,
+    "author": None, "agents": None, "llm": None, "mcp": None, "overlord": None,
+    "logging": None, "secrets": None,
+    "memory": {"persistent", "credentials_key", "buffer", "working", "embedder"},
+    "identity": {"secret", "cache", "types"},
+    "server": {"admin_key", "client_key", "webchat_secret", "host", "port"},
+    "formations": None,
+    "channels": None,
+}
+
+
+def _check_keys(doc: Mapping[str, Any], source: Path) -> None:
+    for key, value in doc.items():
+        if key not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown section {key!r}{_near(key, _SECTIONS)}")
+        known = _SECTIONS[key]
+        if known is not None and isinstance(value, Mapping):
+            for inner in value:
+                if inner not in known:
+                    raise ConfigError(f"{source}: unknown setting {key}.{inner}"
+                                      f"{_near(str(inner), known)}")
+
+
+def _near(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], 1, 0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    _check_keys(doc, source)
     values: dict[str, Any] = {}
     if "id" in doc:
         values["formation_id"] = doc["id"]
@@ -198,6 +234,10 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
     values["formations"] = formations
     if "secret" in (doc.get("identity") or {}):
         values["identity_secret"] = doc["identity"]["secret"]
+    types = (doc.get("identity") or {}).get("types") or []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise ConfigError(f"{source}: identity.types is a list of type names, like [crm]")
+    values["identity_types"] = types
     return values
 
 

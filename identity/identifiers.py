@@ -1,11 +1,23 @@
 """Turn every identifier form the spec shows into one canonical `Identifier`.
 
 Accepted forms: "alice@email.com", {"identifier": "U98765ABC", "type": "slack"},
-("user_123", "internal"), or an `Identifier` already parsed.
+("user_123", "internal"), an `Identifier` already parsed, and the one text form used
+everywhere text is (the CLI, API paths and headers, the web chat, logs):
+
+    alice@acme.com      an email (the type is implied)
+    tg_789              a Telegram user (likewise discord_…, github_…)
+    slack:U98765ABC     any other type: `type:value`
+    user_123            a value with no type
+
+`Identifier.text` gives that form back and parses to the same identifier. The older
+`value:type` order (`U98765ABC:slack`) is still read when it is unambiguous. Types are a
+closed set (`KNOWN_TYPES` plus any a formation file declares); an unknown one is an error
+that names the known ones.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import re
@@ -35,6 +47,9 @@ _PREFIXED = {prefix: kind for kind, prefix in NUMERIC_PREFIXES.items()}
 _PREFIXED_VALUE = re.compile(r"^(tg_|discord_|github_)(\d{1,32})$")
 # The stored form of secret identifiers; no plain value may take that shape.
 _HASHED_KEY = re.compile(r"^h:[0-9a-f]{64}$")
+# Ids whose shape the platform fixes: a typo or a display name is refused, not stored.
+_SHAPES = {"slack": (re.compile(r"^[UW][A-Z0-9]{1,30}$"),
+                     "Slack user ids look like U98765ABC (U or W, then capitals and digits)")}
 
 
 def is_email(value: str) -> bool:
@@ -42,12 +57,15 @@ def is_email(value: str) -> bool:
 
 
 class IdentifierParser:
-    """Parses raw identifiers; holds the server secret that keys api-key hashes."""
+    """Parses raw identifiers; holds the server secret that keys api-key hashes, and the
+    identifier types this deployment knows (the built-in ones plus `extra_types`)."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, *, extra_types: Iterable[str] = ()) -> None:
         if len(secret) < 16:
             raise ValueError("the identity secret must be at least 16 bytes")
         self._secret = secret
+        extra = {_clean_type(t) for t in extra_types}
+        self.types = KNOWN_TYPES | {t for t in extra if t}
 
     def __repr__(self) -> str:
         return "IdentifierParser(secret=***)"
@@ -55,10 +73,36 @@ class IdentifierParser:
     def parse(self, raw: Any) -> Identifier:
         if isinstance(raw, Identifier):
             return raw
-        value, kind = _split(raw)
+        value, kind = self._split_text(raw) if isinstance(raw, str) else _split(raw)
         value = _clean_value(value)
-        kind = _clean_type(kind)
+        kind = self._known(_clean_type(kind))
         return self._canonical(value, kind)
+
+    def _known(self, kind: str | None) -> str | None:
+        if kind is None or kind in self.types:
+            return kind
+        raise InvalidIdentifierError(
+            f"unknown identifier type {kind!r}{_did_you_mean(kind, self.types)}; known types: "
+            f"{', '.join(sorted(self.types))} (a formation file may declare more under "
+            "identity.types)", field="type")
+
+    def _split_text(self, text: str) -> tuple[str, str | None]:
+        """`type:value`, a bare value, or the older `value:type` when unambiguous."""
+        head, sep, rest = text.partition(":")
+        if not sep or "@" in head:
+            return text, None
+        name = head.strip().lower()
+        if name in self.types:
+            return rest, name
+        value, _, tail = text.rpartition(":")
+        tail_name = tail.strip().lower()
+        if tail_name in self.types and value:
+            return value, tail_name
+        # Something shaped like `typo:value` or `value:typo`: say so rather than store it.
+        for word in (name, tail_name):
+            if _TYPE_NAME.match(word) and difflib.get_close_matches(word, self.types, 1, 0.75):
+                self._known(word)
+        return text, None
 
     def parse_many(self, raws: Iterable[Any]) -> list[Identifier]:
         """Parse a batch, dropping exact repeats; an empty batch is an error."""
@@ -103,6 +147,9 @@ class IdentifierParser:
                     f"{kind} identifiers are numeric user ids (like {prefix}789), got {value!r}"
                 )
             value = prefix + number
+        if kind in _SHAPES and not _SHAPES[kind][0].match(value):
+            raise InvalidIdentifierError(f"{value[:60]!r} is not a {kind} id: "
+                                         f"{_SHAPES[kind][1]}")
         if kind in SECRET_TYPES:
             return Identifier(value, kind, "h:" + self.hash_secret(value), secret=True)
         if _HASHED_KEY.match(value):
@@ -148,6 +195,11 @@ def _clean_value(value: Any) -> str:
     if value.lower() in _JUNK:
         raise InvalidIdentifierError(f"{value!r} is a placeholder, not an identifier")
     return value
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), 1, 0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _clean_type(kind: Any) -> str | None:

@@ -63,6 +63,18 @@ class Identifier:
             return f"{self.type}:…{self.key[-8:]}"
         return self.value
 
+    @property
+    def text(self) -> str:
+        """The one text form that parses back to this identifier: the value where it
+        carries its type (emails, tg_…, discord_…, github_…) or has none, else
+        `type:value`. Secret ones give their fingerprint, never the secret."""
+        if self.secret:
+            return self.display
+        if self.type is None or self.type == "email" or self.value.startswith(
+                f"{'tg' if self.type == 'telegram' else self.type}_"):
+            return self.value
+        return f"{self.type}:{self.value}"
+
     def __str__(self) -> str:
         return self.display
 

@@ -250,3 +250,20 @@ async def test_a_non_ascii_user_id_in_the_header_is_the_same_user_as_in_json(ser
                 runtime.settings.formation_id, name, create=False)
     assert chat.status_code == 200, chat.text
     assert chat.json()["data"]["user_id"] == body["muxi_user_id"]
+
+
+async def test_resolve_honours_a_type_given_beside_a_plain_value(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        typed = (await http.post("/users/resolve", headers=headers(admin=True),
+                                 json={"identifier": "4242", "type": "telegram"})).json()
+        same = (await http.post("/users/resolve", headers=headers(admin=True),
+                                json={"identifier": "tg_4242"})).json()
+        typo = await http.post("/users/resolve", headers=headers(admin=True),
+                               json={"identifier": "4242", "type": "telegarm"})
+        text = (await http.post("/users/resolve", headers=headers(admin=True),
+                                json={"identifier": "slack:U98765ABC"})).json()
+    assert typed["data"]["identifier"] == "tg_4242" and typed["data"]["type"] == "telegram"
+    assert typed["data"]["muxi_user_id"] == same["data"]["muxi_user_id"]
+    assert typo.status_code == 422 and "did you mean 'telegram'" in typo.json()["message"]
+    assert text["data"]["type"] == "slack" and text["data"]["identifier"] == "U98765ABC"

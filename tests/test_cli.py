@@ -66,3 +66,25 @@ def test_help_lists_the_commands(run):
     out = run("--help").stdout
     for word in ("migrate", "users"):
         assert word in out
+
+
+def test_one_identifier_syntax_typos_and_unknown_formations_are_refused(run):
+    assert run("users", "link", "alice@x.co", "slack:U98765ABC").returncode == 0
+    assert run("users", "resolve", "U98765ABC:slack").stdout == run(
+        "users", "resolve", "slack:U98765ABC").stdout  # the older order still reads
+    typo = run("users", "link", "foo:slakc")
+    assert typo.returncode == 1 and "did you mean 'slack'" in typo.stderr
+    spaced = run("users", "link", "x y:slack")
+    assert spaced.returncode == 1 and "not a slack id" in spaced.stderr
+    nowhere = run("users", "link", "-f", "nope", "bob@x.co")
+    assert nowhere.returncode == 1 and "no formation 'nope'" in nowhere.stderr
+    assert "bob@x.co" not in run("users", "show", "alice@x.co").stdout
+    assert run("users", "resolve", "bob@x.co").returncode == 1  # nothing was written
+
+
+def test_linking_two_existing_users_offers_the_merge(run):
+    first = run("users", "link", "alice@x.co").stdout.split()[0]
+    second = run("users", "link", "tg_606").stdout.split()[0]
+    both = run("users", "link", "alice@x.co", "tg_606")
+    assert both.returncode == 1 and len(both.stderr.strip().splitlines()) == 1
+    assert f"threadline users merge {first} {second}" in both.stderr

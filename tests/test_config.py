@@ -65,6 +65,9 @@ def test_environment_overrides_the_formation_file():
         ("memory: {persistent: {provider: postgres, connection_string: x}}", "postgresql://"),
         ("- a list", "mapping at the top level"),
         ("a: [unclosed", "not valid YAML"),
+        ("chanels: {telegram: {token: x}}", "unknown section 'chanels' .did you mean 'channels'"),
+        ("server: {admin_kee: x}", "unknown setting server.admin_kee .did you mean 'admin_key'"),
+        ("identity: {types: crm}", "identity.types is a list"),
     ],
 )
 def test_bad_formation_files_are_clear_errors(text, problem):
@@ -104,3 +107,8 @@ def test_the_production_example_loads_with_its_secrets(tmp_path):
     assert set(settings.channels) == {"slack", "telegram", "discord"}  # email: enabled: false
     assert settings.identity_key() and settings.credential_key()
     assert "value-slack_bot_token" not in repr(settings)
+
+
+def test_a_formation_file_may_declare_identifier_types(tmp_path):
+    Path("formation.yaml").write_text("identity: {types: [crm]}\n")
+    assert load_settings({}).identity_types == ["crm"]

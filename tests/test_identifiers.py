@@ -22,7 +22,6 @@ parse = IdentifierParser(b"test-identity-secret-0123456789").parse
         ("discord_012", "discord_012", "discord"),
         (("456", "GitHub"), "github_456", "github"),
         (("ALICE@ACME.COM", "email"), "alice@acme.com", "email"),
-        (("a-b", "my_crm"), "a-b", "my_crm"),
         (("x", ""), "x", None),
     ],
 )
@@ -96,3 +95,44 @@ def test_batches_drop_exact_repeats_and_name_the_bad_position():
         parser.parse_many([])
     with pytest.raises(InvalidIdentifierError, match="must be a list"):
         parser.parse_many("alice@email.com")
+
+
+@pytest.mark.parametrize(("text", "value", "kind"), [
+    ("slack:U98765ABC", "U98765ABC", "slack"),
+    ("U98765ABC:slack", "U98765ABC", "slack"),  # the older order, still read
+    ("telegram:789", "tg_789", "telegram"),
+    ("internal:user_123", "user_123", "internal"),
+    ("email:Alice@Acme.com", "alice@acme.com", "email"),
+    ("https://example.com/a", "https://example.com/a", None),  # no type in sight
+])
+def test_the_one_text_form_reads_every_type(text, value, kind):
+    ident = parse(text)
+    assert (ident.value, ident.type) == (value, kind)
+
+
+@pytest.mark.parametrize("raw", [
+    "alice@acme.com", "tg_789", ("789", "telegram"), ("U98765ABC", "slack"),
+    ("user_123", "internal"), "user_123", ("discord_012", "discord"), ("456", "github"),
+    "josé", "urn:isbn:123"])
+def test_the_text_form_round_trips(raw):
+    ident = parse(raw)
+    assert parse(ident.text) == ident
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ("foo:slakc", "did you mean 'slack'"),
+    ("slakc:foo", "did you mean 'slack'"),
+    (("foo", "slakc"), "known types: api_key, discord"),
+    ("x y:slack", "not a slack id"),
+    (("alice", "slack"), "not a slack id"),
+])
+def test_typos_and_misshapen_ids_are_errors_not_new_types(raw, problem):
+    with pytest.raises(InvalidIdentifierError, match=problem):
+        parse(raw)
+
+
+def test_a_formation_may_declare_more_types():
+    crm = IdentifierParser(b"test-identity-secret-0123456789", extra_types=["crm"])
+    assert crm.parse("crm:A-17").type == "crm"
+    with pytest.raises(InvalidIdentifierError, match="unknown identifier type 'crm'"):
+        parse(("A-17", "crm"))

@@ -73,12 +73,12 @@ async def test_conflict_names_the_identifier_and_its_owner_and_writes_nothing(
     bob = await identity.resolve(formation, "bob@email.com")
     with pytest.raises(IdentifierConflictError) as info:
         await identity.associate(
-            formation, [("U_NEW", "slack"), "alice@email.com", "new@x.co"], user_id=bob
+            formation, [("U0NEW01", "slack"), "alice@email.com", "new@x.co"], user_id=bob
         )
     assert info.value.owner_id == alice
     assert "alice@email.com" in str(info.value) and alice in str(info.value)
     # Nothing of the batch was written, not even the identifiers listed before the conflict.
-    assert await identity.resolve(formation, ("U_NEW", "slack"), create=False) is None
+    assert await identity.resolve(formation, ("U0NEW01", "slack"), create=False) is None
     assert await identity.resolve(formation, "new@x.co", create=False) is None
     assert [i.identifier for i in await identity.identifiers_of(formation, bob)] == [
         "bob@email.com"
@@ -164,7 +164,7 @@ async def test_concurrent_first_contacts_make_exactly_one_user(identity, formati
 
 
 async def test_concurrent_batches_for_new_identifiers_make_one_user(identity, formation):
-    batch = ["burst@x.co", ("U_BURST", "slack")]
+    batch = ["burst@x.co", ("U0BURST1", "slack")]
     results = await asyncio.gather(
         *(identity.associate(formation, batch) for _ in range(16)), return_exceptions=True
     )

@@ -471,3 +471,14 @@ async def test_a_link_code_asked_for_in_a_channel_goes_by_direct_message(bot: Sl
     direct = [p for p in posted if p["channel"] == "U98765ABC"]
     assert len(in_channel) == 1 and "private message" in in_channel[0]["text"]
     assert len(direct) == 1 and "Your link code is" in direct[0]["text"]
+
+
+async def test_an_unlinked_slack_id_is_matched_by_email_afresh(bot: Slack, engine):
+    web = InMemoryChannel(engine, "web")
+    alice = (await web.push("alice@acme.com", "my budget is $5,000")).user_id
+    bot.peer.add_user("U0ALICE02", "alice@acme.com")
+    await bot.dm("hello", user="U0ALICE02", n=1)
+    assert await engine.owner(("U0ALICE02", "slack")) == alice
+    await engine.identity.unlink(engine.formation, ("U0ALICE02", "slack"))
+    assert "$5,000" in (await bot.dm("what's my budget?", user="U0ALICE02", n=2))["text"]
+    assert len(bot.peer.calls_to("users.info")) == 2  # asked again after the unlink

@@ -423,3 +423,13 @@ def test_a_token_that_never_expires_is_refused(exp):
     with pytest.raises(TokenError) as info:
         verify_token(SECRET, f"{head}.{sig}")
     assert info.value.code == "TOKEN_INVALID"
+
+
+async def test_the_name_field_reads_the_identifier_syntax(serve):
+    url, runtime = await serve()
+    formation = runtime.settings.formation_id
+    async with httpx.AsyncClient(base_url=url) as http:
+        await say(http, "my budget is $5,000", name="U98765ABC:slack")
+    user = await runtime.identity.resolve(formation, ("U98765ABC", "slack"), create=False)
+    assert user is not None  # a Slack identifier, not an untyped "U98765ABC:slack"
+    assert await runtime.identity.resolve(formation, "slack:U98765ABC", create=False) == user

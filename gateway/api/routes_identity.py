@@ -34,6 +34,8 @@ IdentifierForm = str | list[Any] | dict[str, Any]
 class ResolveBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     identifier: IdentifierForm
+    type: str | None = Field(None, max_length=40, description="the identifier's type, when "
+                             "`identifier` is a plain value (e.g. 4242 with type telegram)")
     create_user: bool = True
 
 
@@ -75,7 +77,15 @@ async def ready(request: Request, rt: Rt,
 @router.post("/users/resolve", tags=["users"])
 async def resolve(request: Request, body: ResolveBody, rt: Rt,
                   f: Annotated[Formation, Depends(client_access)]) -> JSONResponse:
-    ident = rt.identity.parse(body.identifier)
+    given: Any = body.identifier
+    if body.type is not None:
+        if not isinstance(given, str):
+            raise ApiError(422, "INVALID_PARAMS", "type: give it beside a plain identifier "
+                           "value, or inside the identifier object, not both", {"errors": [
+                               {"field": "type", "msg": "type given twice",
+                                "type": "value_error"}]})
+        given = {"identifier": given, "type": body.type}
+    ident = rt.identity.parse(given)
     user = await rt.identity.resolve(f.id, ident, create=body.create_user)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", f"no user has identifier {ident.display}")
@@ -121,10 +131,6 @@ async def unlink(request: Request, identifier: str, rt: Rt,
 
 
 def _path_identifier(identity: IdentityService, text: str) -> Any:
-    """The SDK sends identifiers in the path as they are; `value` or `type:value` for
-    typed ones the caller spelled out (`slack:U123`)."""
-    kind, sep, value = text.partition(":")
-    if sep and value and kind in ("slack", "telegram", "discord", "github", "api_key",
-                                  "internal", "email"):
-        return (value, kind)
+    """The SDK sends identifiers in the path as they are: the identity core's one text
+    form (`alice@acme.com`, `tg_789`, `slack:U123`)."""
     return text

@@ -16,7 +16,7 @@ from rich.table import Table
 from config.settings import ConfigError, Settings, load_settings
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.wiring import Runtime
-from identity import DatabaseError, IdentityError
+from identity import DatabaseError, IdentifierConflictError, IdentityError
 from identity.database import connect, describe_url
 
 app = typer.Typer(
@@ -58,11 +58,22 @@ def _run(work: Callable[[Runtime], Awaitable[T]], *, migrate: bool = True) -> T:
         raise typer.Exit(1) from None
 
 
+def _formation(rt: Runtime, given: str | None) -> str:
+    """The formation a command works in: the default, or one this gateway serves."""
+    from gateway.runtime.formations import load_formations
+
+    if given is None:
+        return rt.settings.formation_id
+    served = load_formations(rt.settings)
+    if given not in served:
+        raise ConfigError(f"no formation {given!r} here; this gateway serves "
+                          f"{', '.join(sorted(served))} (formations: in the formation file)")
+    return given
+
+
 def _parse_identifier(text: str) -> Any:
-    """`value` or `value:type`, as typed on a command line (`tg_789`, `U98765ABC:slack`)."""
-    value, sep, kind = text.rpartition(":")
-    if sep and value and kind and kind.isidentifier() and "@" not in kind:
-        return (value, kind)
+    """An identifier as typed on a command line, in the one text form the identity core
+    reads (`alice@acme.com`, `tg_789`, `slack:U98765ABC`; `U98765ABC:slack` still works)."""
     return text
 
 
@@ -105,7 +116,7 @@ def users_resolve(
     """Print the user id (usr_…) behind an identifier."""
 
     async def work(rt: Runtime) -> None:
-        user_id = await rt.identity.resolve(formation or rt.settings.formation_id,
+        user_id = await rt.identity.resolve(_formation(rt, formation),
                                             _parse_identifier(identifier), create=create)
         if user_id is None:
             err.print(f"no user has identifier {identifier} (use --create to make one)")
@@ -117,7 +128,8 @@ def users_resolve(
 
 @users.command("link")
 def users_link(
-    identifiers: list[str] = typer.Argument(..., help="Identifiers, each value or value:type."),
+    identifiers: list[str] = typer.Argument(
+        ..., help="Identifiers: alice@acme.com, tg_789, slack:U98765ABC, internal:user_123."),
     user: str = typer.Option(None, "--user", "-u",
                              help="Link to this user; default: the owner of one of them, or new."),
     formation: str = FormationOption,
@@ -125,10 +137,15 @@ def users_link(
     """Link identifiers to one user, all or nothing."""
 
     async def work(rt: Runtime) -> None:
-        result = await rt.identity.associate(
-            formation or rt.settings.formation_id,
-            [_parse_identifier(i) for i in identifiers], user,
-        )
+        fid = _formation(rt, formation)
+        try:
+            result = await rt.identity.associate(fid, [_parse_identifier(i) for i in identifiers],
+                                                 user)
+        except IdentifierConflictError as exc:
+            raise IdentityError(
+                f"{exc}. Both are users already; to make them one person (identifiers and "
+                f"memory together), run: threadline users merge {exc.requested_id} "
+                f"{exc.owner_id}" + (f" -f {fid}" if formation else "")) from None
         out.print(f"{result.user_id}{' (new user)' if result.created_user else ''}")
         for ident in result.linked:
             out.print(f"  linked   {ident.display} ({ident.type or 'untyped'})")
@@ -143,7 +160,7 @@ def users_unlink(identifier: str, formation: str = FormationOption):
     """Remove an identifier from its user (the user and its memory stay)."""
 
     async def work(rt: Runtime) -> None:
-        owner = await rt.identity.unlink(formation or rt.settings.formation_id,
+        owner = await rt.identity.unlink(_formation(rt, formation),
                                          _parse_identifier(identifier))
         out.print(f"unlinked {identifier} from {owner}")
 
@@ -155,7 +172,7 @@ def users_show(user_or_identifier: str, formation: str = FormationOption):
     """List a user's identifiers; give a usr_… id or any of its identifiers."""
 
     async def work(rt: Runtime) -> None:
-        fid = formation or rt.settings.formation_id
+        fid = _formation(rt, formation)
         user_id = user_or_identifier
         if not user_id.startswith("usr_"):
             found = await rt.identity.resolve(fid, _parse_identifier(user_id), create=False)
@@ -180,7 +197,7 @@ def users_merge(keep: str = typer.Argument(..., help="The user that stays (usr_�
     """Fold one user into another: identifiers, memory, sessions, credentials, tasks."""
 
     async def work(rt: Runtime) -> None:
-        moved = await rt.identity.merge(formation or rt.settings.formation_id, keep, absorb)
+        moved = await rt.identity.merge(_formation(rt, formation), keep, absorb)
         out.print(f"merged {absorb} into {keep}; moved {len(moved)} identifier(s)")
 
     _run(work)
@@ -261,7 +278,7 @@ def chat(
                 if text.strip():
                     await rt.engine.handle(InboundMessage(
                         channel=channel, identifier=_parse_identifier(identifier),
-                        conversation=conversation, text=text, formation=formation or None,
+                        conversation=conversation, text=text, formation=_formation(rt, formation),
                         message_id=f"{conversation}:{uuid.uuid4().hex}"), say)
         finally:
             rt.scheduler.stop()

@@ -54,7 +54,8 @@ class Runtime:
                 ttl=settings.cache_ttl,
             )
             identity = IdentityService(store_for(db), cache,
-                                       IdentifierParser(settings.identity_key()))
+                                       IdentifierParser(settings.identity_key(),
+                                                        extra_types=settings.identity_types))
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size)
