@@ -30,7 +30,7 @@ from aiocache import SimpleMemoryCache
 from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache, make_backend
-from identity.database import PostgresDatabase
+from identity.storage import PostgresDatabase
 from identity.store import new_public_id
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -43,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_engine(url: str, messages: int, users: int, concurrency: int) -> dict[str, float]:
-    db = await connect(url, pool_size=concurrency)
+    db = await connect(url, pool_size=concurrency, schema=memory.SCHEMA)
     await db.migrate()
     cache = IdentityCache(make_backend("memory://", max_entries=100_000), ttl=3600)
     identity = IdentityService(store_for(db), cache, IdentifierParser(b"bench-secret-0123456789"))

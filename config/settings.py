@@ -19,11 +19,13 @@ import yaml
 from cryptography.fernet import Fernet
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from config.errors import ThreadlineError
+
 _SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _PROVIDERS = {"postgres", "postgresql", "sqlite"}
 
 
-class ConfigError(Exception):
+class ConfigError(ThreadlineError):
     """Configuration that cannot be used; the message says what and where."""
 
 
@@ -250,7 +252,8 @@ def load_formation(path: Path, lookup: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"formation file {path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"formation file {path} must be a mapping at the top level")
-    return interpolate(doc, lookup, "")
+    interpolated: dict[str, Any] = interpolate(doc, lookup, "")
+    return interpolated
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,8 +1,8 @@
 """One user behind every identifier: parsing, resolution, linking, per-formation scoping."""
 
-from identity.database import Database, DatabaseError, connect
 from identity.identifiers import IdentifierParser
 from identity.service import IdentityService, InvalidFormationError
+from identity.storage import Database, DatabaseError, connect
 from identity.store import IdentityStore
 from identity.types import (
     AssociateResult,

@@ -23,7 +23,7 @@ _PENDING = "~pending:"
 _PENDING_TTL = 30.0
 
 
-class BoundedMemoryCache(BaseCache):
+class BoundedMemoryCache(BaseCache):  # type: ignore[misc]  # aiocache is untyped
     """aiocache's in-memory backend with an entry limit (least recently used evicted first).
 
     Expiry is checked on read instead of one timer per key, which keeps a full cache cheap.
@@ -57,7 +57,8 @@ class BoundedMemoryCache(BaseCache):
     async def _get(self, key: str, encoding: str = "utf-8", _conn: Any = None) -> Any:
         return self._live(key)
 
-    async def _multi_get(self, keys: Iterable[str], encoding: str = "utf-8", _conn: Any = None):
+    async def _multi_get(self, keys: Iterable[str], encoding: str = "utf-8",
+                         _conn: Any = None) -> list[Any]:
         return [self._live(k) for k in keys]
 
     async def _set(self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None,
@@ -79,7 +80,7 @@ class BoundedMemoryCache(BaseCache):
     async def _add(self, key: str, value: Any, ttl: Any = None, _conn: Any = None) -> bool:
         if self._live(key) is not None:
             raise ValueError(f"Key {key} already exists, use .set to update the value")
-        return await self._set(key, value, ttl=ttl)
+        return bool(await self._set(key, value, ttl=ttl))
 
     async def _exists(self, key: str, _conn: Any = None) -> bool:
         return self._live(key) is not None
@@ -142,7 +143,7 @@ class IdentityCache:
 
     async def get(self, formation: str, identifier_key: str) -> str | None:
         value = await self.backend.get(self.key(formation, identifier_key))
-        if value is None or value.startswith(_PENDING):
+        if not isinstance(value, str) or value.startswith(_PENDING):
             return None
         return value
 

@@ -194,7 +194,7 @@ def _clean_value(value: Any) -> str:
         raise InvalidIdentifierError("identifier contains control characters")
     if value.lower() in _JUNK:
         raise InvalidIdentifierError(f"{value!r} is a placeholder, not an identifier")
-    return value
+    return str(value)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -218,4 +218,4 @@ def _clean_type(kind: Any) -> str | None:
             "(at most 32, starting with a letter)",
             field="type",
         )
-    return kind
+    return str(kind)

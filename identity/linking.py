@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from identity.database import Database
 from identity.service import IdentityService
+from identity.storage import Database
 from identity.types import Identifier
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from identity.database import Database, is_unique_violation
 from identity.identifiers import SECRET_TYPES
+from identity.storage import Database, is_unique_violation
 from identity.types import (
     AssociateResult,
     Identifier,

@@ -1,12 +1,14 @@
-"""Value types and errors of the identity core. Imports nothing else from Threadline."""
+"""Value types and errors of the identity core. Imports only the root error."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from config.errors import ThreadlineError
 
-class IdentityError(Exception):
+
+class IdentityError(ThreadlineError):
     """Root of every error the identity core raises."""
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from identity.database import Database, register_migrations
+from identity.storage import IDENTITY_SCHEMA, Database, Schema
 from memory.claims import Claims
 from memory.credentials import Credentials
 from memory.sessions import Sessions
@@ -15,7 +15,9 @@ from memory.turns import Turns
 from memory.types import NotFoundError
 from memory.user_memory import UserMemory
 
-register_migrations("memory", Path(__file__).with_name("migrations"))
+# The database schema a gateway needs: the identity core's tables, then memory's. The wiring
+# hands it to `identity.storage.connect`.
+SCHEMA: Schema = {**IDENTITY_SCHEMA, "memory": Path(__file__).with_name("migrations")}
 # Merging users carries memory along; the kept user's facts win over the merged one's.
 _MERGE = (
     "DELETE FROM facts WHERE user_id = $2 AND EXISTS (SELECT 1 FROM facts AS k"

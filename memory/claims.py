@@ -13,7 +13,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from identity.database import Database
+from config.errors import ThreadlineError
+from identity.storage import Database
 from memory.types import now
 
 CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
@@ -59,7 +60,7 @@ class Claim:
     reply: dict[str, Any] | None = None
 
 
-class ClaimLostError(Exception):
+class ClaimLostError(ThreadlineError):
     """The lease ran out and another process completed the message first."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from identity.database import Database
+from identity.storage import Database
 from memory.types import Credential, NotFoundError, new_id, now
 
 

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from identity.database import Database
+from identity.storage import Database
 from memory.types import NotFoundError, Session, SessionMessage, new_id, now
 
 _COLUMNS = "id, user_id, formation_id, channel, conversation, started_at, last_activity, context"

@@ -14,7 +14,7 @@ from typing import Any
 
 from croniter import croniter
 
-from identity.database import Database
+from identity.storage import Database
 from memory.types import InvalidScheduleError, NotFoundError, Task, new_id, now
 
 LEASE_SECONDS = 300.0

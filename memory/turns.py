@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from identity.database import Database
+from identity.storage import Database
 from memory.claims import COMPLETE, ClaimLostError, Claims, MessageKey
 from memory.sessions import Sessions
 from memory.tasks import Tasks

@@ -1,4 +1,4 @@
-"""Value types of memory. Imports nothing else from Threadline."""
+"""Value types of memory. Imports only the root error."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from config.errors import ThreadlineError
 
 
 def new_id(prefix: str) -> str:
@@ -16,7 +18,7 @@ def now() -> float:
     return time.time()
 
 
-class MemoryError_(Exception):
+class MemoryError_(ThreadlineError):
     """Root of memory errors (named so as not to shadow the builtin MemoryError)."""
 
 

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from identity.database import Database
+from identity.storage import Database
 from memory.types import Fact, Memory, NotFoundError, WorkingItem, new_id, now
 
 # Anything with execute/fetch/fetchrow/fetchval taking $n placeholders: the Database,

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import redis
 
-import memory  # noqa: F401  (registers the memory migrations)
+import memory
 from gateway.runtime.logs import configure_logging
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import BoundedMemoryCache, IdentityCache
@@ -87,7 +87,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await connect(database_url)
+    database = await connect(database_url, schema=memory.SCHEMA)
     await database.migrate()
     yield database
     await database.close()

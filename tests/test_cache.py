@@ -48,3 +48,16 @@ async def test_identity_cache_uses_the_configured_ttl():
 def test_unknown_cache_urls_are_refused_by_name():
     with pytest.raises(ValueError, match="memcached://x"):
         make_backend("memcached://x", max_entries=1)
+
+
+async def test_a_change_is_reported_committed_even_when_the_cache_fails(identity, formation,
+                                                                        monkeypatch):
+    user = await identity.resolve(formation, "alice@x.co")
+
+    async def timed_out(*args, **kwargs):
+        raise TimeoutError("redis did not answer")
+
+    monkeypatch.setattr(identity.cache, "invalidate", timed_out)
+    result = await identity.associate(formation, ["alice@x.co", "tg_42"], user)
+    assert result.user_id == user  # no error: the link has committed
+    assert await identity.store.lookup(formation, "tg_42") == user

@@ -12,7 +12,7 @@ from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.messages import InboundMessage
 from gateway.conversation.responders.base import Response
 from gateway.conversation.scheduler import Backoff, Scheduler
-from identity.database import PostgresDatabase
+from identity.storage import PostgresDatabase
 from memory.claims import ClaimLostError, MessageKey
 
 

@@ -11,7 +11,7 @@ from identity import (
     InvalidIdentifierError,
     UserNotFoundError,
 )
-from identity.database import PostgresDatabase
+from identity.storage import PostgresDatabase
 
 
 async def test_first_contact_creates_a_user_and_later_contacts_find_it(identity, formation):

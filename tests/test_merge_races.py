@@ -19,7 +19,7 @@ TURNS = 200
 
 @pytest.fixture
 async def pg(postgres_url):
-    db = await connect(postgres_url)
+    db = await connect(postgres_url, schema=memory.SCHEMA)
     await db.migrate()
     yield db
     await db.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
+from starlette.convertors import register_url_convertor
 
 from gateway import __version__
 from gateway.api import (
@@ -49,6 +50,10 @@ def api_router() -> APIRouter:
     for module in (routes_identity, routes_chat, routes_memory, routes_scheduler,
                    routes_events):
         router.include_router(module.router)
+    # An identifier in a path may hold any character (a bad one then gets a 422 naming it).
+    register_url_convertor("anypath", routes_identity.AnyPath())
+    router.add_api_route("/users/identifiers/{identifier:anypath}", routes_identity.unlink,
+                         methods=["DELETE"], tags=["users"])
     return router
 
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from config.errors import ThreadlineError
 from identity import (
     IdentifierConflictError,
     IdentifierNotFoundError,
@@ -24,7 +25,7 @@ from memory.types import InvalidScheduleError, NotFoundError
 log = structlog.get_logger("threadline.api")
 
 
-class ApiError(Exception):
+class ApiError(ThreadlineError):
     def __init__(self, status: int, code: str, message: str,
                  details: dict[str, Any] | None = None, *,
                  headers: dict[str, str] | None = None) -> None:

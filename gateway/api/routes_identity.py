@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.convertors import PathConvertor
 
 from gateway.api.deps import admin_access, client_access, formation, runtime
 from gateway.api.envelope import ApiError, ok
@@ -17,14 +17,14 @@ from gateway.runtime.wiring import Runtime
 from identity import IdentityService
 
 
-class _AnyPath(PathConvertor):
+class AnyPath(PathConvertor):
     """Like `path`, but also matches a newline, so a bad identifier reaches the handler and
-    gets a 422 naming the problem instead of falling through to another route."""
+    gets a 422 naming the problem instead of falling through to another route. Registered
+    by the app's wiring (`gateway.api.app`) before the unlink route that uses it."""
 
     regex = r"[\s\S]*"
 
 
-register_url_convertor("anypath", _AnyPath())
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
 
@@ -122,7 +122,6 @@ async def identifiers(request: Request, user_id: str, rt: Rt,
     }, obj="user_identifiers", type_="user.identifiers")
 
 
-@router.delete("/users/identifiers/{identifier:anypath}", tags=["users"])
 async def unlink(request: Request, identifier: str, rt: Rt,
                  f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
     owner = await rt.identity.unlink(f.id, _path_identifier(rt.identity, identifier))

@@ -9,7 +9,8 @@ from rich.console import Console
 
 from config.settings import ConfigError, Settings, load_settings
 from gateway.runtime.logs import configure_logging
-from identity.database import Database, DatabaseError, connect, describe_url
+from identity.storage import Database, DatabaseError, connect, describe_url
+from memory import SCHEMA
 
 Check = tuple[str, bool, str]  # name, passed, detail (or how to fix)
 
@@ -27,14 +28,13 @@ async def _guard(name: str, work: Callable[[], Awaitable[str]], fix: str,
 async def _database(settings: Settings, checks: list[Check]) -> Database | None:
     target = describe_url(settings.database)
     try:
-        db = await connect(settings.database)
+        db = await connect(settings.database, schema=SCHEMA)
     except DatabaseError as exc:
         checks.append(("database", False, f"{exc}. Check THREADLINE_DATABASE_URL (or the "
                                           "formation file's memory.persistent) and that the "
                                           "server is running."))
         return None
     checks.append(("database", True, f"{db.dialect} at {target}"))
-    import memory  # noqa: F401  (registers the memory migrations)
 
     pending = await db.pending_migrations()
     checks.append(("migrations", not pending,

@@ -17,7 +17,8 @@ from config.settings import ConfigError, Settings, load_settings
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.wiring import Runtime
 from identity import DatabaseError, IdentifierConflictError, IdentityError
-from identity.database import connect, describe_url
+from identity.storage import connect, describe_url
+from memory import SCHEMA
 
 app = typer.Typer(
     help="Threadline: one assistant on every channel, one user behind every identifier.",
@@ -83,7 +84,7 @@ def migrate(check: bool = typer.Option(False, "--check", help="Only list pending
 
     async def main() -> None:
         settings = _settings()
-        db = await connect(settings.database)
+        db = await connect(settings.database, schema=SCHEMA)
         try:
             pending = await db.pending_migrations()
             if check or not pending:

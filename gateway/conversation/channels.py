@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from config.errors import ThreadlineError
 from gateway.conversation.messages import Channel, OutboundMessage
 
 
-class UnknownChannelError(LookupError):
+class UnknownChannelError(ThreadlineError, LookupError):
     pass
 
 

@@ -21,8 +21,8 @@ from gateway.conversation.ports import Send
 from gateway.conversation.responders.base import Context, Responder, Response
 from gateway.conversation.responders.rules import understand
 from identity import IdentifierConflictError, IdentityService, InvalidIdentifierError
-from identity.database import is_foreign_key_violation
 from identity.linking import Linker
+from identity.storage import is_foreign_key_violation
 from memory import Memory
 from memory.claims import ClaimLostError, MessageKey
 from memory.turns import Completion, TurnWrite

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.errors import ThreadlineError
 from gateway.conversation.messages import OutboundMessage
 
 
-class NobodyListeningError(RuntimeError):
+class NobodyListeningError(ThreadlineError, RuntimeError):
     pass
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from config.errors import ThreadlineError
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 
 Send = Callable[[Reply], Awaitable[None]]
@@ -24,7 +25,7 @@ def _quiet(detail: str) -> None:
 QUIET: Ready = _quiet
 
 
-class AdapterConfigError(Exception):
+class AdapterConfigError(ThreadlineError):
     """A channel's settings or credentials are wrong; the message names the setting.
 
     Raised from `run`, it stops the channel (retrying cannot help) with a clear report."""

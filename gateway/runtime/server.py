@@ -21,7 +21,7 @@ from gateway.api.app import create_app
 from gateway.runtime.formations import Formation, load_formations
 from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
 from gateway.runtime.wiring import Runtime
-from identity.database import describe_url
+from identity.storage import describe_url
 
 log = structlog.get_logger("threadline.server")
 

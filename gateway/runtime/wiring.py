@@ -13,7 +13,7 @@ from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
-from memory import Memory
+from memory import SCHEMA, Memory
 
 
 def make_responder(settings: Settings) -> Responder:
@@ -45,7 +45,7 @@ class Runtime:
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
-        db = await connect(settings.database)
+        db = await connect(settings.database, schema=SCHEMA)
         try:
             if migrate:
                 await db.migrate()

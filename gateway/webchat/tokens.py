@@ -16,11 +16,13 @@ import re
 import time
 from typing import Any
 
+from config.errors import ThreadlineError
+
 MAX_TOKEN = 4096
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class TokenError(Exception):
+class TokenError(ThreadlineError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -24,7 +24,7 @@ KEY = b"kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8="
 
 async def main(db_url: str, cache_url: str, formation: str, identifier: str, count: str,
                ready: str) -> dict:
-    db = await connect(db_url)
+    db = await connect(db_url, schema=memory.SCHEMA)
     cache = IdentityCache(make_backend(cache_url, max_entries=1000), ttl=3600)
     identity = IdentityService(store_for(db), cache, IdentifierParser(SECRET))
     mem = memory.Memory.open(db, credentials_key=KEY)

@@ -46,7 +46,7 @@ def dying_after(method, crash: bool):
 
 async def main(db_url: str, formation: str, message_id: str, text: str, outbox: str,
                crash_at: str) -> None:
-    db = await connect(db_url)
+    db = await connect(db_url, schema=memory.SCHEMA)
     await db.migrate()
     identity = IdentityService(store_for(db), IdentityCache(BoundedMemoryCache()),
                                IdentifierParser(SECRET))

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 
+from config.errors import ThreadlineError
 from gateway.conversation.responders.base import Changes, Context, Response
 
 
-class ResponderError(Exception):
+class ResponderError(ThreadlineError):
     pass
 
 

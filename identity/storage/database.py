@@ -1,4 +1,4 @@
-"""Connections and migrations for the two supported databases.
+"""Connections for the two supported databases, and the dialect hooks the stores share.
 
 PostgreSQL goes through an asyncpg pool. SQLite goes through aiosqlite in WAL mode with one
 writer connection (guarded by a lock, transactions opened with BEGIN IMMEDIATE so that other
@@ -12,7 +12,6 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,17 +20,18 @@ import aiosqlite
 import asyncpg
 import structlog
 
+from config.errors import ThreadlineError
+from identity.storage.migrations import (
+    IDENTITY_SCHEMA,
+    Migration,
+    Schema,
+    migrations_for,
+    statements,
+)
+
 log = structlog.get_logger("threadline.database")
 
-# Packages whose migrations/ folder holds NNNN_name.<dialect>.sql files, applied in order.
-MIGRATION_COMPONENTS: dict[str, Path] = {
-    "identity": Path(__file__).with_name("migrations"),
-}
-# NNNN_name.sql serves both databases; NNNN_name.postgres.sql / .sqlite.sql only one.
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)(?:\.(postgres|sqlite))?\.sql$")
-
-
-class DatabaseError(Exception):
+class DatabaseError(ThreadlineError):
     """The database cannot be reached or is not in a usable state."""
 
 
@@ -47,30 +47,6 @@ def is_foreign_key_violation(exc: BaseException) -> bool:
         isinstance(exc, sqlite3.IntegrityError) and "FOREIGN KEY constraint failed" in str(exc))
 
 
-@dataclass(frozen=True)
-class Migration:
-    component: str
-    version: int
-    name: str
-    sql: str
-
-
-def register_migrations(component: str, folder: Path) -> None:
-    MIGRATION_COMPONENTS[component] = folder
-
-
-def migrations_for(dialect: str) -> list[Migration]:
-    found = []
-    for component, folder in MIGRATION_COMPONENTS.items():
-        for path in sorted(folder.glob("*.sql")):
-            match = _MIGRATION_FILE.match(path.name)
-            if match and match.group(3) in (dialect, None):
-                found.append(
-                    Migration(component, int(match.group(1)), match.group(2), path.read_text())
-                )
-    return found
-
-
 def describe_url(url: str) -> str:
     """The URL without its password, for logs and status output."""
     parts = urlsplit(url)
@@ -82,10 +58,14 @@ def describe_url(url: str) -> str:
 
 class Database:
     """A database with one query API for both dialects: SQL is written with $1, $2 …
-    placeholders (PostgreSQL's), which SQLite receives as ?1, ?2 …"""
+    placeholders (PostgreSQL's), which SQLite receives as ?1, ?2 …
+
+    `schema` names the components whose migrations this database gets (the wiring says
+    which: identity's, memory's); see `identity.storage.migrations`."""
 
     dialect: str
     url: str
+    schema: Schema
 
     def transaction(self) -> Any:
         """`async with db.transaction() as tx:` where tx has the query methods below."""
@@ -130,15 +110,21 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):]
 
 
-async def connect(url: str, *, pool_size: int = 10) -> Database:
+async def connect(url: str, *, pool_size: int = 10, schema: Schema | None = None) -> Database:
+    """Open the database at `url`, whose migrations are those of `schema` (by default the
+    identity core's alone; the wiring adds memory's)."""
     scheme = urlsplit(url).scheme
+    db: Database
     if scheme in ("postgres", "postgresql"):
-        return await PostgresDatabase.open(url, pool_size=pool_size)
-    if scheme == "sqlite":
-        return await SqliteDatabase.open(url)
-    raise DatabaseError(
-        f"unsupported database URL scheme {scheme!r}: use postgresql://… or sqlite:///path"
-    )
+        db = await PostgresDatabase.open(url, pool_size=pool_size)
+    elif scheme == "sqlite":
+        db = await SqliteDatabase.open(url)
+    else:
+        raise DatabaseError(
+            f"unsupported database URL scheme {scheme!r}: use postgresql://… or sqlite:///path"
+        )
+    db.schema = dict(schema) if schema is not None else dict(IDENTITY_SCHEMA)
+    return db
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -185,7 +171,7 @@ class PostgresDatabase(Database):
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         async with self.pool.acquire() as conn:
-            return await conn.fetch(sql, *args)
+            return list(await conn.fetch(sql, *args))
 
     async def _applied(self, conn: asyncpg.Connection) -> set[tuple[str, int]]:
         await conn.execute(
@@ -200,7 +186,8 @@ class PostgresDatabase(Database):
         async with self.pool.acquire() as conn:
             exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
             applied = await self._applied(conn) if exists else set()
-        return [m for m in migrations_for(self.dialect) if (m.component, m.version) not in applied]
+        return [m for m in migrations_for(self.dialect, self.schema)
+                if (m.component, m.version) not in applied]
 
     async def migrate(self) -> list[Migration]:
         done = []
@@ -208,7 +195,7 @@ class PostgresDatabase(Database):
             # One migrator at a time across every process sharing the database.
             await conn.execute("SELECT pg_advisory_xact_lock(7352491)")
             applied = await self._applied(conn)
-            for m in migrations_for(self.dialect):
+            for m in migrations_for(self.dialect, self.schema):
                 if (m.component, m.version) in applied:
                     continue
                 await conn.execute(m.sql)
@@ -300,7 +287,8 @@ class SqliteDatabase(Database):
 
     async def pending_migrations(self) -> list[Migration]:
         applied = await self._applied(self.reader)
-        return [m for m in migrations_for(self.dialect) if (m.component, m.version) not in applied]
+        return [m for m in migrations_for(self.dialect, self.schema)
+                if (m.component, m.version) not in applied]
 
     async def migrate(self) -> list[Migration]:
         done = []
@@ -312,11 +300,11 @@ class SqliteDatabase(Database):
                 " PRIMARY KEY (component, version))"
             )
             applied = await self._applied(conn)
-            for m in migrations_for(self.dialect):
+            for m in migrations_for(self.dialect, self.schema):
                 if (m.component, m.version) in applied:
                     continue
                 # executescript would COMMIT our transaction; run statement by statement.
-                for statement in _statements(m.sql):
+                for statement in statements(m.sql):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO schema_migrations (component, version, name) VALUES (?, ?, ?)",
@@ -353,8 +341,3 @@ class SqliteTransaction:
 
     fetchrow = Database.fetchrow
     fetchval = Database.fetchval
-
-
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
