@@ -7,18 +7,22 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, identify, runtime
 from gateway.api.envelope import ApiError, ok
+from gateway.conversation.engine import StreamBrokenError, describe
+from gateway.conversation.live import stream_turn
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import NotFoundError
 
 router = APIRouter()
+log = structlog.get_logger("threadline.api")
 _TOKENS = re.compile(r"\S+\s*|\s+")
 
 
@@ -33,7 +37,8 @@ IDEMPOTENCY_HEADER = "X-Muxi-Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> Reply:
+async def _message(request: Request, body: ChatBody, rt: Runtime,
+                   f: Formation) -> InboundMessage:
     caller = await identify(request, f, rt, create=True)
     user = caller.user_id
     assert user is not None
@@ -52,14 +57,13 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
         raise ApiError(422, "INVALID_PARAMS", f"{IDEMPOTENCY_HEADER}: 1-200 printable ASCII "
                        "characters without spaces")
     # A retry with the same key gets the same reply, never a second turn.
-    reply = await rt.engine.handle(InboundMessage(
+    return InboundMessage(
         channel="api", identifier=caller.identifier,
         conversation=conversation, text=body.message, formation=f.id, user_id=user,
-        message_id=f"{user}:{key}" if key else None, replay=True))
-    if reply is None:
-        raise ApiError(409, "REQUEST_IN_PROGRESS", f"a request with this {IDEMPOTENCY_HEADER} "
-                       "is being answered; retry shortly", headers={"Retry-After": "1"})
-    return reply
+        message_id=f"{user}:{key}" if key else None, replay=True)
+
+
+IN_PROGRESS = f"a request with this {IDEMPOTENCY_HEADER} is being answered; retry shortly"
 
 
 @router.post("/chat", tags=["chat"], responses={200: {
@@ -68,20 +72,46 @@ async def _turn(request: Request, body: ChatBody, rt: Runtime, f: Formation) -> 
 async def chat(request: Request, body: ChatBody,
                rt: Annotated[Runtime, Depends(runtime)],
                f: Annotated[Formation, Depends(client_access)]) -> Response:
-    reply = await _turn(request, body, rt, f)
-    data = {"message": {"role": "assistant", "content": reply.text},
-            "session_id": reply.session_id, "request_id": reply.request_id,
-            "user_id": reply.user_id}
-    if not body.stream:
-        return ok(request, data, obj="chat", type_="chat.response")
-    return StreamingResponse(_sse(reply), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    message = await _message(request, body, rt, f)  # bad input: a JSON error, before any event
+    if body.stream:
+        return StreamingResponse(_sse(rt, message), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    reply = await rt.engine.handle(message)
+    if reply is None:
+        raise ApiError(409, "REQUEST_IN_PROGRESS", IN_PROGRESS, headers={"Retry-After": "1"})
+    return ok(request, {"message": {"role": "assistant", "content": reply.text},
+                        "session_id": reply.session_id, "request_id": reply.request_id,
+                        "user_id": reply.user_id}, obj="chat", type_="chat.response")
 
 
-async def _sse(reply: Reply) -> AsyncIterator[str]:
-    for token in _TOKENS.findall(reply.text):
-        yield f"data: {json.dumps({'token': token})}\n\n"
-    done = {"finished": True, "session_id": reply.session_id, "request_id": reply.request_id,
-            "user_id": reply.user_id}
-    yield f"event: done\ndata: {json.dumps(done)}\n\n"
+async def _sse(rt: Runtime, message: InboundMessage) -> AsyncIterator[str]:
+    """Each piece as the model writes it (the offline assistant's answer word by word),
+    then `event: done`; or `event: error` when the turn fails."""
+    streamed = False
+    async for kind, value in stream_turn(rt.engine, message):
+        if kind == "delta":
+            streamed = True
+            yield f"data: {json.dumps({'token': value})}\n\n"
+        elif kind == "error":
+            yield _error(value)
+        elif value is None:
+            busy = {"error": IN_PROGRESS, "type": "in_progress"}
+            yield f"event: error\ndata: {json.dumps(busy)}\n\n"
+        else:
+            reply: Reply = value
+            if not streamed:
+                for token in _TOKENS.findall(reply.text):
+                    yield f"data: {json.dumps({'token': token})}\n\n"
+            done = {"finished": True, "session_id": reply.session_id,
+                    "request_id": reply.request_id, "user_id": reply.user_id}
+            yield f"event: done\ndata: {json.dumps(done)}\n\n"
 
+
+def _error(exc: BaseException) -> str:
+    if isinstance(exc, StreamBrokenError):
+        data = {"error": str(exc), "type": "stream_broken"}
+    else:
+        log.warning("streamed turn failed", error=describe(exc))
+        data = {"error": "the gateway could not answer just now; please try again",
+                "type": "internal"}
+    return f"event: error\ndata: {json.dumps(data)}\n\n"

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
+from config.errors import ThreadlineError
 from gateway.conversation.commands import is_command, run_command
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.conversation.ports import Send
-from gateway.conversation.responders.base import Context, Responder, Response
+from gateway.conversation.responders.base import (
+    Context,
+    Responder,
+    Response,
+    StreamingResponder,
+)
 from gateway.conversation.responders.rules import understand
 from identity import IdentifierConflictError, IdentityService, InvalidIdentifierError
 from identity.linking import Linker
@@ -33,6 +40,13 @@ log = structlog.get_logger("threadline.engine")
 CODE_NOT_KEPT = "A link code was made for you here; send /link again for a fresh one."
 APOLOGY = ("Sorry, I couldn't answer that just now. Your message is saved; "
            "please try again in a moment.")
+
+
+Delta = Callable[[str], Awaitable[None]]
+
+
+class StreamBrokenError(ThreadlineError):
+    """A streamed answer broke off after part of it was said; the turn stored nothing."""
 
 
 def describe(exc: BaseException) -> str:
@@ -50,8 +64,12 @@ class Engine:
 
     # -- the port every transport uses --
 
-    async def handle(self, message: InboundMessage, send: Send | None = None) -> Reply | None:
-        """Answer one message and say the reply through `send` (when given).
+    async def handle(self, message: InboundMessage, send: Send | None = None, *,
+                     on_delta: Delta | None = None) -> Reply | None:
+        """Answer one message and say the reply through `send` (when given). With
+        `on_delta`, a responder that streams hands each piece of its text there as the
+        model writes it; if its stream breaks, StreamBrokenError is raised and nothing of
+        the turn is stored.
 
         None when there is nothing to say now: the message was answered already, or another
         process is answering it (within its lease). With `message.replay` an answered one
@@ -76,7 +94,8 @@ class Engine:
                 return await self._say(key, _reply(claim.reply), send)
             token = claim.token
         try:
-            reply = await self._answer(formation, message, key, token, sent=send is None)
+            reply = await self._answer(formation, message, key, token, sent=send is None,
+                                       on_delta=on_delta)
         except ClaimLostError:
             log.info("message answered by another process", channel=message.channel)
             return None
@@ -118,7 +137,7 @@ class Engine:
         return reply
 
     async def _answer(self, formation: str, message: InboundMessage, key: MessageKey | None,
-                      token: str | None, *, sent: bool) -> Reply:
+                      token: str | None, *, sent: bool, on_delta: Delta | None = None) -> Reply:
         user_id = message.user_id or await self.identity.resolve(formation, message.identifier)
         assert user_id is not None
         request_id = f"req_{uuid.uuid4().hex[:16]}"
@@ -142,7 +161,8 @@ class Engine:
         completion = (Completion(key, token, {}, sent)
                       if key is not None and token is not None else None)
         try:
-            return await self._converse(formation, user_id, message, request_id, completion)
+            return await self._converse(formation, user_id, message, request_id, completion,
+                                        on_delta)
         except Exception as exc:
             if not is_foreign_key_violation(exc) or message.identifier is None:
                 raise
@@ -151,10 +171,12 @@ class Engine:
         log.info("user merged away during the turn; resolving again", channel=message.channel)
         user_id = await self.identity.refresh(formation, message.identifier)
         assert user_id is not None
-        return await self._converse(formation, user_id, message, request_id, completion)
+        return await self._converse(formation, user_id, message, request_id, completion,
+                                    on_delta)
 
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
-                        request_id: str, completion: Completion | None) -> Reply:
+                        request_id: str, completion: Completion | None,
+                        on_delta: Delta | None = None) -> Reply:
         memory, channel, text = self.memory, message.channel, message.text
         session, loaded = await memory.turns.open(user_id, formation, channel,
                                                   message.conversation)
@@ -165,10 +187,28 @@ class Engine:
                           at)
         changes = understand(text, at).changes
         answer: str | None
+        streamed = False
+
+        async def forward(piece: str) -> None:
+            nonlocal streamed
+            streamed = True
+            assert on_delta is not None
+            await on_delta(piece)
+
         try:
-            response = await self.responder.respond(context, changes)
+            if on_delta is not None and getattr(self.responder, "streams", False):
+                streaming = cast(StreamingResponder, self.responder)
+                response = await streaming.respond(context, changes, on_delta=forward)
+            else:
+                response = await self.responder.respond(context, changes)
             answer = response.text
         except Exception as exc:  # the apology is said, never kept as memory
+            if streamed:  # half an answer is out: say the stream broke, keep nothing
+                log.warning("responder stream broke", responder=self.responder.name,
+                            user_id=user_id, error=describe(exc))
+                raise StreamBrokenError(
+                    "the model stopped answering partway through; nothing was kept, so "
+                    "please send the message again") from exc
             log.warning("responder failed", responder=self.responder.name, user_id=user_id,
                         error=describe(exc))
             response, answer = Response(APOLOGY, changes), None

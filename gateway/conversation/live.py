@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ThreadlineError
-from gateway.conversation.messages import OutboundMessage
+from gateway.conversation.messages import InboundMessage, OutboundMessage
+from gateway.conversation.ports import Conversations
 
 
 class NobodyListeningError(ThreadlineError, RuntimeError):
@@ -113,3 +114,32 @@ async def sse(hub: EventHub, user_id: str, channel: str, conversation: str | Non
                 yield ": keep-alive\n\n"
                 continue
             yield f"id: {item.id}\nevent: {event}\ndata: {json.dumps(item.data)}\n\n"
+
+
+_RUNNING: set[asyncio.Task[None]] = set()  # turns whose listener went away still finish
+
+
+async def stream_turn(conversations: Conversations,
+                      message: InboundMessage) -> AsyncIterator[tuple[str, Any]]:
+    """One turn as it happens: ("delta", piece) each time the model writes (responders
+    that stream), then ("reply", Reply | None) or ("error", exception). The turn runs to
+    its end even when the caller stops listening: an accepted message is answered."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def on_delta(piece: str) -> None:
+        queue.put_nowait(("delta", piece))
+
+    async def run() -> None:
+        try:
+            queue.put_nowait(("reply", await conversations.handle(message, on_delta=on_delta)))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller to report
+            queue.put_nowait(("error", exc))
+
+    task = asyncio.ensure_future(run())
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    while True:
+        kind, value = await queue.get()
+        yield kind, value
+        if kind != "delta":
+            return

@@ -36,9 +36,12 @@ class Conversations(Protocol):
 
     formation: str
 
-    async def handle(self, message: InboundMessage, send: Send | None = None) -> Reply | None:
-        """Answer one message, calling `send` to say the reply; None when it is a
-        redelivery of a message already answered (or being answered elsewhere)."""
+    async def handle(self, message: InboundMessage, send: Send | None = None, *,
+                     on_delta: Callable[[str], Awaitable[None]] | None = None
+                     ) -> Reply | None:
+        """Answer one message, calling `send` to say the reply (and `on_delta` with each
+        piece of it as the model writes, where it streams); None when it is a redelivery
+        of a message already answered (or being answered elsewhere)."""
 
     async def owner(self, identifier: Any, *, formation: str | None = None) -> str | None:
         """The user an identifier belongs to, or None; never creates one."""

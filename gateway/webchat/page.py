@@ -29,7 +29,6 @@ conversation so far, for a page opened again.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -47,9 +46,9 @@ from starlette.routing import Route
 
 from config.settings import ConfigError, Settings
 from gateway.api.envelope import error_response
-from gateway.conversation.engine import describe
-from gateway.conversation.live import sse
-from gateway.conversation.messages import InboundMessage, Reply
+from gateway.conversation.engine import StreamBrokenError, describe
+from gateway.conversation.live import sse, stream_turn
+from gateway.conversation.messages import InboundMessage
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from gateway.webchat.tokens import TokenError, verify_token
@@ -203,7 +202,6 @@ class WebChat:
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",
         }
-        self._turns: set[asyncio.Task[Reply | None]] = set()
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self.html, headers=self.page_headers)
@@ -324,30 +322,34 @@ class WebChat:
         return error_response(request, status, code, message)
 
     async def _stream(self, message: InboundMessage) -> AsyncIterator[str]:
-        # The turn runs to the end even when the tab goes away: the message is saved once
-        # it has been accepted.
-        turn = asyncio.ensure_future(self.runtime.engine.handle(message))
-        self._turns.add(turn)
-        turn.add_done_callback(self._turns.discard)
-        try:
-            reply = await asyncio.shield(turn)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("web chat turn failed", user_id=message.user_id, error=describe(exc))
-            kind = "invalid_request" if isinstance(exc, InvalidIdentifierError) else "internal"
-            text = (str(exc) if kind == "invalid_request" else
-                    "the gateway could not answer just now; please try again")
-            yield _sse("error", {"error": text, "type": kind})
-            return
-        if reply is None:
-            yield _sse("error", {"error": "this message is being answered already",
-                                 "type": "in_progress"})
-            return
-        for piece in _TOKENS.findall(reply.text):
-            yield _sse(None, {"token": piece})
-        yield _sse("done", {"user_id": reply.user_id, "session_id": reply.session_id,
-                            "request_id": reply.request_id})
+        """The reply as it is written (the model's pieces, or the offline answer word by
+        word), then `done`; the turn runs to its end even when the tab goes away."""
+        streamed = False
+        async for kind, value in stream_turn(self.runtime.engine, message):
+            if kind == "delta":
+                streamed = True
+                yield _sse(None, {"token": value})
+            elif kind == "error":
+                yield _sse("error", _turn_error(value, message))
+            elif value is None:
+                yield _sse("error", {"error": "this message is being answered already",
+                                     "type": "in_progress"})
+            else:
+                if not streamed:
+                    for piece in _TOKENS.findall(value.text):
+                        yield _sse(None, {"token": piece})
+                yield _sse("done", {"user_id": value.user_id, "session_id": value.session_id,
+                                    "request_id": value.request_id})
+
+
+def _turn_error(exc: BaseException, message: InboundMessage) -> dict[str, str]:
+    if isinstance(exc, StreamBrokenError):
+        return {"error": str(exc), "type": "stream_broken"}
+    if isinstance(exc, InvalidIdentifierError):
+        return {"error": str(exc), "type": "invalid_request"}
+    log.warning("web chat turn failed", user_id=message.user_id, error=describe(exc))
+    return {"error": "the gateway could not answer just now; please try again",
+            "type": "internal"}
 
 
 def _policy(html: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -13,8 +14,12 @@ class ChatCompletionsPeer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.mode = "answer"  # answer | error | slow | garbage
+        self.mode = "answer"  # answer | error | slow | garbage | drop (mid-stream)
         self.reply = "Your budget is $5,000."
+        self.chunk_delay = 0.0  # seconds between streamed chunks
+        self.released = asyncio.Event()  # a stream waits for this before its last chunk
+        self.released.set()
+        self.finished = asyncio.Event()  # set once a stream has sent its last chunk
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -28,12 +33,40 @@ class ChatCompletionsPeer:
             await asyncio.sleep(1.5)
         if self.mode == "garbage":
             return web.json_response({"choices": []})
+        if body.get("stream"):
+            return await self._stream(request, body)
         return web.json_response({
             "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": self.reply}}],
         })
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """The reply as chat-completions server-sent events, a word per chunk."""
+        self.finished.clear()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        words = self.reply.split(" ")
+        for n, word in enumerate(words):
+            if n == len(words) - 1:
+                await self.released.wait()
+            if self.mode == "drop" and n == len(words) // 2:
+                assert request.transport is not None
+                request.transport.abort()  # the endpoint goes away mid-answer
+                return response
+            piece = word if n == 0 else " " + word
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                     "model": body.get("model"),
+                     "choices": [{"index": 0, "delta": {"content": piece},
+                                  "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(self.chunk_delay)
+        done = {"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await response.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+        self.finished.set()
+        return response
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         if self.mode == "error":

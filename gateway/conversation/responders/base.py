@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,3 +50,14 @@ class Responder(Protocol):
 
     async def respond(self, context: Context, changes: Changes) -> Response:
         """Answer the message; `changes` are what the extractor already found in it."""
+
+
+class StreamingResponder(Responder, Protocol):
+    """A responder with `streams = True` also takes `on_delta`, called with each piece of
+    its answer as the model writes it."""
+
+    streams: bool
+
+    async def respond(self, context: Context, changes: Changes, *,
+                      on_delta: Callable[[str], Awaitable[None]] | None = None) -> Response:
+        ...

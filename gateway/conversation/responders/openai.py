@@ -7,12 +7,16 @@ user tells the assistant is kept whatever the model does.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from config.errors import ThreadlineError
 from gateway.conversation.responders.base import Changes, Context, Response
+
+Delta = Callable[[str], Awaitable[None]]
 
 
 class ResponderError(ThreadlineError):
@@ -21,6 +25,7 @@ class ResponderError(ThreadlineError):
 
 class OpenAIResponder:
     name = "openai"
+    streams = True  # respond(..., on_delta=…) forwards the model's text as it is written
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None,
                  timeout: float = 30.0) -> None:
@@ -48,8 +53,11 @@ class OpenAIResponder:
             raise ResponderError(f"model endpoint answered {answer.status_code}")
         return f"{self.model} at {self._client.base_url}"
 
-    async def respond(self, context: Context, changes: Changes) -> Response:
+    async def respond(self, context: Context, changes: Changes, *,
+                      on_delta: Delta | None = None) -> Response:
         payload = {"model": self.model, "messages": messages_for(context, changes)}
+        if on_delta is not None:
+            return Response(await self._stream(payload, on_delta), changes)
         try:
             answer = await self._client.post("chat/completions", json=payload)
         except httpx.HTTPError as exc:
@@ -64,6 +72,46 @@ class OpenAIResponder:
         if not isinstance(text, str) or not text.strip():
             raise ResponderError("model endpoint sent an empty message")
         return Response(text.strip(), changes)
+
+    async def _stream(self, payload: dict[str, Any], on_delta: Delta) -> str:
+        """chat-completions with `stream: true`: each `data:` chunk's delta goes to
+        `on_delta` as it arrives; the stream must end with `[DONE]`."""
+        parts: list[str] = []
+        finished = False
+        try:
+            async with self._client.stream("POST", "chat/completions",
+                                           json={**payload, "stream": True}) as answer:
+                if answer.status_code != 200:
+                    body = (await answer.aread()).decode(errors="replace")[:200]
+                    raise ResponderError(f"model endpoint answered {answer.status_code}: {body}")
+                async for line in answer.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        finished = True
+                        break
+                    piece = _delta(data)
+                    if piece:
+                        parts.append(piece)
+                        await on_delta(piece)
+        except httpx.HTTPError as exc:
+            raise ResponderError(f"the model's stream broke off: {type(exc).__name__}") from exc
+        if not finished:
+            raise ResponderError("the model's stream ended before the answer was finished")
+        text = "".join(parts).strip()
+        if not text:
+            raise ResponderError("model endpoint sent an empty message")
+        return text
+
+
+def _delta(data: str) -> str | None:
+    try:
+        choice = json.loads(data)["choices"][0]
+        piece = (choice.get("delta") or {}).get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ResponderError("model endpoint sent a malformed stream chunk") from exc
+    return piece if isinstance(piece, str) else None
 
 
 def messages_for(context: Context, changes: Changes) -> list[dict[str, Any]]:
