@@ -145,3 +145,66 @@ class InFlight:
             log.warning("replies cancelled at shutdown", channel=self.channel,
                         count=len(pending))
         return len(pending)
+
+
+class GrowingReply:
+    """A reply that grows in place while the model writes it: the first piece is posted,
+    later ones edit that message at most every `interval` seconds (the platforms limit
+    edits), and `finish` leaves the final text, split at the platform's `limit` (a piece
+    that no longer fits starts a new message). `post(text)` returns a handle that
+    `edit(handle, text)` takes."""
+
+    def __init__(self, post: Callable[[str], Coroutine[Any, Any, Any]],
+                 edit: Callable[[Any, str], Coroutine[Any, Any, Any]], *, limit: int,
+                 interval: float = 1.0, size: Callable[[str], int] = len) -> None:
+        self._post, self._edit = post, edit
+        self.limit, self.interval, self._size = limit, interval, size
+        self._text = ""
+        self._shown = ""  # what the platform shows in the current message
+        self._handle: Any = None
+        self._done: list[str] = []  # earlier messages, full
+        self._last = 0.0
+
+    @property
+    def started(self) -> bool:
+        return self._handle is not None
+
+    async def add(self, piece: str) -> None:
+        self._text += piece
+        now = asyncio.get_running_loop().time()
+        if self._handle is None or now - self._last >= self.interval:
+            await self._show(self._text)
+            self._last = now
+
+    async def finish(self, text: str) -> None:
+        """Show the final `text` (what was stored), in as many messages as it needs."""
+        pieces = split_text(text, self.limit, size=self._size) or [text]
+        already = len(self._done)
+        for n, piece in enumerate(pieces):
+            if n < already:
+                continue  # a message that was finished while growing
+            if n == already and self._handle is not None:
+                if piece != self._shown:
+                    await self._edit(self._handle, piece)
+            else:
+                self._handle = await self._post(piece)
+            self._shown = piece
+
+    async def _show(self, text: str) -> None:
+        pieces = split_text(text, self.limit, size=self._size)
+        while len(pieces) > len(self._done) + 1:  # the current message is full: close it
+            full = pieces[len(self._done)]
+            if self._handle is None:
+                self._handle = await self._post(full)
+            elif full != self._shown:
+                await self._edit(self._handle, full)
+            self._done.append(full)
+            self._handle, self._shown = None, ""
+        current = pieces[-1] if pieces else ""
+        if not current:
+            return
+        if self._handle is None:
+            self._handle = await self._post(current)
+        elif current != self._shown:
+            await self._edit(self._handle, current)
+        self._shown = current

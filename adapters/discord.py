@@ -32,7 +32,7 @@ import discord.http
 import structlog
 import yarl
 
-from adapters._common import InFlight, number, setting, split_text
+from adapters._common import GrowingReply, InFlight, number, setting, split_text
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
@@ -199,8 +199,9 @@ class DiscordAdapter:
 
     def __init__(self, engine: Conversations, *, token: str, api_url: str = DEFAULT_API_URL,
                  gateway_url: str | None = None, formation: str | None = None,
-                 drain_timeout: float = 10.0) -> None:
+                 drain_timeout: float = 10.0, edit_interval: float = 1.0) -> None:
         self.engine = engine
+        self.edit_interval = edit_interval  # a streamed reply is edited at most this often
         self.api_url = api_url
         self.gateway_url = gateway_url
         self.formation = formation
@@ -257,15 +258,36 @@ class DiscordAdapter:
     async def _answer(self, client: _Client, message: discord.Message,
                       inbound: InboundMessage) -> None:
         # One conversation answers in order, so replies (and their pieces) never interleave.
+        first = True
+
+        async def post(text: str) -> discord.Message | None:
+            nonlocal first
+            # Only the first message of a reply quotes the question (as plan_reply does).
+            posts = plan_reply(message, text) if first else plan_posts(text, message.channel.id)
+            first = False
+            return await _send(client, posts)
+
+        async def edit(sent: discord.Message | None, text: str) -> None:
+            if sent is not None:
+                await sent.edit(content=text, allowed_mentions=_MENTIONS)
+
+        growing = GrowingReply(post, edit, limit=MESSAGE_LIMIT, interval=self.edit_interval,
+                               size=_utf16_size)
+
         async def send(reply: Reply) -> None:
             text = reply.text
             if reply.private is not None and not await _privately(message.author,
                                                                   reply.private.text):
                 text = reply.private.fallback
-            await _send(client, plan_reply(message, text))
+            if growing.started:
+                await growing.finish(text)
+            else:
+                await _send(client, plan_reply(message, text))
 
         async with self._in_order(inbound.conversation):
-            reply = await self.engine.handle(inbound, send)
+            with contextlib.suppress(discord.HTTPException):  # "… is typing", for 10 s
+                await message.channel.typing()
+            reply = await self.engine.handle(inbound, send, on_delta=growing.add)
         if reply is not None:
             log.info("replied", channel=CHANNEL, conversation=inbound.conversation,
                      user_id=reply.user_id, request_id=reply.request_id)
@@ -319,17 +341,21 @@ async def _privately(user: discord.User | discord.Member, text: str) -> bool:
     return True
 
 
-async def _send(client: discord.Client, posts: list[Post]) -> None:
-    """Make the posts; discord.py's rate-limit buckets wait out any 429."""
+async def _send(client: discord.Client, posts: list[Post]) -> discord.Message | None:
+    """Make the posts (returning the last); discord.py's rate-limit buckets wait out any
+    429."""
+    sent = None
     for post in posts:
         channel = client.get_partial_messageable(post.channel_id, guild_id=post.guild_id)
         if post.reply_to is None:
-            await channel.send(post.content, allowed_mentions=_MENTIONS)
+            sent = await channel.send(post.content, allowed_mentions=_MENTIONS)
             continue
         reference = discord.MessageReference(
             message_id=post.reply_to, channel_id=post.channel_id, guild_id=post.guild_id,
             fail_if_not_exists=False)  # a deleted question still gets its answer
-        await channel.send(post.content, reference=reference, allowed_mentions=_MENTIONS)
+        sent = await channel.send(post.content, reference=reference,
+                                  allowed_mentions=_MENTIONS)
+    return sent
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
@@ -356,4 +382,5 @@ def create(config: Mapping[str, Any], engine: Conversations) -> DiscordAdapter:
         engine, token=token, api_url=api_url.rstrip("/"), gateway_url=gateway_url,
         formation=setting(config, CHANNEL, "formation"),
         drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
+        edit_interval=number(config, CHANNEL, "edit_interval", 1.0),
     )

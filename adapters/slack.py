@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from adapters._common import InFlight, choice, number, setting, split_text
+from adapters._common import GrowingReply, InFlight, choice, number, setting, split_text
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
@@ -145,8 +145,9 @@ class SlackAdapter:
                  app_token: str | None = None, mode: str = "http",
                  api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
                  formation: str | None = None, drain_timeout: float = 10.0,
-                 team_id: str | None = None) -> None:
+                 team_id: str | None = None, edit_interval: float = 1.0) -> None:
         self.engine = engine
+        self.edit_interval = edit_interval  # a streamed reply is updated at most this often
         self.team_id = team_id  # our workspace: only its confirmed emails link accounts
         self.mode = mode
         self.path = path
@@ -233,15 +234,29 @@ class SlackAdapter:
 
     async def _answer(self, message: InboundMessage) -> None:
         await self._recognise(message)
+        channel, thread_ts = message.extras["channel"], message.extras["thread_ts"]
+
+        async def post(text: str) -> str:
+            (call,) = post_calls(text, channel, thread_ts)
+            answer = await self.client.chat_postMessage(**call)
+            return str(answer["ts"])
+
+        async def edit(ts: str, text: str) -> None:
+            await self.client.chat_update(channel=channel, ts=ts, text=escape(text))
+
+        growing = GrowingReply(post, edit, limit=MESSAGE_LIMIT, interval=self.edit_interval)
 
         async def send(reply: Reply) -> None:
             text = reply.text
             if reply.private is not None and not await self._privately(
                     reply.private.text, message.identifier[0]):
                 text = reply.private.fallback
-            await self._say(text, message.extras["channel"], message.extras["thread_ts"])
+            if growing.started:
+                await growing.finish(text)
+            else:
+                await self._say(text, channel, thread_ts)
 
-        await self.engine.handle(message, send)
+        await self.engine.handle(message, send, on_delta=growing.add)
 
     async def _privately(self, text: str, user_id: str) -> bool:
         """Say `text` in the app's direct messages with the person (posting to a user id)."""
@@ -302,5 +317,6 @@ def create(config: Mapping[str, Any], engine: Conversations) -> SlackAdapter:
         path=setting(config, CHANNEL, "path", DEFAULT_PATH) or DEFAULT_PATH,
         formation=setting(config, CHANNEL, "formation"),
         team_id=setting(config, CHANNEL, "team_id"),
+        edit_interval=number(config, CHANNEL, "edit_interval", 1.0),
         drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
     )

@@ -17,6 +17,7 @@ updater's long poll and the webhook route feed the application's update queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -30,10 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from telegram import Bot, ReplyParameters, Update
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
-from adapters._common import InFlight, choice, number, setting, split_text
+from adapters._common import GrowingReply, InFlight, choice, number, setting, split_text
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
@@ -148,7 +150,8 @@ class TelegramAdapter:
                  webhook_url: str | None = None, secret_token: str | None = None,
                  api_url: str = DEFAULT_API_URL, path: str = DEFAULT_PATH,
                  formation: str | None = None, poll_timeout: float = 30.0,
-                 drain_timeout: float = 10.0, max_retries: int = 3) -> None:
+                 drain_timeout: float = 10.0, max_retries: int = 3,
+                 edit_interval: float = 1.0) -> None:
         self.engine = engine
         self.mode = mode
         self.webhook_url = webhook_url
@@ -157,6 +160,7 @@ class TelegramAdapter:
         self.poll_timeout = poll_timeout
         self.drain_timeout = drain_timeout
         self.max_retries = max_retries
+        self.edit_interval = edit_interval  # a streamed reply is edited at most this often
         if mode == "webhook" and not secret_token:
             raise AdapterConfigError("channels.telegram.secret_token is required")
         self._token = token
@@ -259,17 +263,36 @@ class TelegramAdapter:
     async def _answer(self, bot: Bot, message: InboundMessage) -> None:
         extras = message.extras
         group = extras["chat_type"] != "private"
+        chat_id, thread_id = extras["chat_id"], extras["thread_id"]
+        reply_to = extras["message_id"] if group else None
+
+        async def post(text: str) -> int:
+            (call,) = send_calls(text, chat_id, reply_to=reply_to, thread_id=thread_id)
+            sent = await self._call(bot.send_message, call)
+            return int(sent.message_id)
+
+        async def edit(message_id: int, text: str) -> None:
+            await self._call(bot.edit_message_text, {"chat_id": chat_id,
+                                                     "message_id": message_id, "text": text})
+
+        growing = GrowingReply(post, edit, limit=MESSAGE_LIMIT, interval=self.edit_interval,
+                               size=utf16_len)
 
         async def send(reply: Reply) -> None:
             text = reply.text
             if reply.private is not None and not await self._privately(
                     bot, reply.private.text, extras["user_id"]):
                 text = reply.private.fallback
-            await self._say(bot, text, extras["chat_id"],
-                            reply_to=extras["message_id"] if group else None,
-                            thread_id=extras["thread_id"])
+            if growing.started:
+                await growing.finish(text)
+            else:
+                await self._say(bot, text, chat_id, reply_to=reply_to, thread_id=thread_id)
 
-        await self.engine.handle(message, send)
+        # The person sees "typing…" while the model thinks (Telegram shows it for 5 s).
+        with contextlib.suppress(TelegramError):
+            await bot.send_chat_action(chat_id, ChatAction.TYPING,
+                                       message_thread_id=thread_id)
+        await self.engine.handle(message, send, on_delta=growing.add)
 
     async def _privately(self, bot: Bot, text: str, user_id: int) -> bool:
         """Say `text` in the person's private chat with the bot; False where Telegram will
@@ -287,16 +310,19 @@ class TelegramAdapter:
             await self._send(bot, call)
 
     async def _send(self, bot: Bot, call: dict[str, Any]) -> None:
+        await self._call(bot.send_message, call)
+
+    async def _call(self, method: Any, call: dict[str, Any]) -> Any:
         for attempt in range(self.max_retries + 1):
             try:
-                await bot.send_message(**call)
-                return
+                return await method(**call)
             except RetryAfter as exc:  # flood control: wait as told, then try again
                 if attempt == self.max_retries:
                     raise
                 wait = retry_seconds(exc)
                 log.warning("telegram rate limited", retry_after=wait)
                 await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
 
 def create(config: Mapping[str, Any], engine: Conversations) -> TelegramAdapter:
@@ -316,4 +342,5 @@ def create(config: Mapping[str, Any], engine: Conversations) -> TelegramAdapter:
         formation=setting(config, CHANNEL, "formation"),
         poll_timeout=number(config, CHANNEL, "poll_timeout", 30.0),
         drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
+        edit_interval=number(config, CHANNEL, "edit_interval", 1.0),
     )

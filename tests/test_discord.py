@@ -436,3 +436,24 @@ async def test_a_link_code_asked_for_in_a_guild_goes_by_direct_message(peer, bot
     await peer.wait_for(lambda: len(peer.posts) >= 3)
     assert "couldn't message you privately" in peer.posts[2][1]["content"]
     assert sum("Your link code is" in body["content"] for _, body in peer.posts) == 1
+
+
+async def test_a_streamed_reply_grows_in_place_after_a_typing_indicator(peer, engine):
+    from gateway.conversation.responders.openai import OpenAIResponder
+    from tests.peers.llm import ChatCompletionsPeer
+
+    model = ChatCompletionsPeer()
+    model.reply = "Your budget is five thousand dollars, as you told me on the web."
+    model.chunk_delay = 0.02
+    engine.responder = OpenAIResponder(base_url=await model.start(), model="m", api_key=None)
+    try:
+        adapter = create(settings(peer, edit_interval=0), engine)
+        async with running(adapter, peer):
+            await peer.push(peer.message("message_create_dm", content="what's my budget?"))
+            await peer.wait_for(lambda: model.reply in peer.texts.values(), timeout=10)
+        assert peer.typing == [DM_CHANNEL_ID]
+        assert len(peer.posts) == 1 and peer.posts[0][1]["content"] != model.reply
+        assert len(peer.edits) >= 2
+    finally:
+        await engine.responder.close()
+        await model.stop()

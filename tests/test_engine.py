@@ -452,3 +452,17 @@ async def test_a_link_code_is_never_kept_with_the_messages_claim(engine, db):
     for table in ("processed_messages", "session_messages", "working_memory"):
         rows = await db.fetch(f"SELECT * FROM {table}")
         assert not [r for r in rows if code in repr(tuple(r))], table
+
+
+async def test_the_offline_assistant_reads_places_and_updates(engine):
+    web = InMemoryChannel(engine, "web")
+    assert (await web.push("a@x.co", "I live in Berlin")).text == "Got it: you live in Berlin."
+    assert (await web.push("a@x.co", "where do I live?")).text == "You live in Berlin."
+    await web.push("a@x.co", "my budget is $5,000")
+    await web.push("a@x.co", "my budget is now $6,000")
+    assert "$6,000" in (await web.push("a@x.co", "what's my budget?")).text
+    mixed = await web.push("a@x.co", "I like that idea but what is my budget?")
+    assert "$6,000" in mixed.text
+    assert "that idea" not in (await web.push("a@x.co", "what do you know about me?")).text
+    assert "Canadian" not in (await web.push("a@x.co", "I'm Canadian")).text.split(",")[0]
+    assert (await engine.memory.users.get_fact(mixed.user_id, "name")) is None

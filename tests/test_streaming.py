@@ -120,3 +120,29 @@ async def test_the_web_chat_streams_the_models_pieces(serve, peer):  # noqa: F81
         assert "".join(pieces) == REPLY
     finally:
         await responder.close()
+
+
+async def test_a_growing_reply_edits_in_place_and_splits_at_the_limit():
+    from adapters._common import GrowingReply
+
+    shown: dict[int, str] = {}
+    calls: list[str] = []
+
+    async def post(text: str) -> int:
+        shown[len(shown)] = text
+        calls.append("post")
+        return len(shown) - 1
+
+    async def edit(handle: int, text: str) -> None:
+        shown[handle] = text
+        calls.append("edit")
+
+    growing = GrowingReply(post, edit, limit=20, interval=0)
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    for n, word in enumerate(words):
+        await growing.add(word if n == 0 else " " + word)
+    final = " ".join(words)
+    await growing.finish(final)
+    assert all(len(text) <= 20 for text in shown.values())
+    assert " ".join(shown[n] for n in sorted(shown)) == final  # nothing lost or doubled
+    assert calls.count("post") == len(shown) and calls.count("edit") >= 3

@@ -61,6 +61,9 @@ class DiscordPeer:
         self.ready = 0  # READY dispatches sent: sessions the client can be pushed messages on
         self.no_dm: set[str] = set()  # users who accept no direct messages from the bot
         self._dm_owner: dict[str, str] = {}  # direct-message channel -> its recipient
+        self.typing: list[str] = []  # channels a typing indicator was shown in
+        self.edits: list[tuple[str, str, dict[str, Any]]] = []  # (channel, message, body)
+        self.texts: dict[str, str] = {}  # message id -> its content now
         self.url = ""
         self._limit_next = 0
         self._retry_after = 0.05
@@ -90,6 +93,9 @@ class DiscordPeer:
         app.router.add_get("/api/v10/gateway/bot", self._gateway_info)
         app.router.add_post("/api/v10/channels/{channel_id}/messages", self._create_message)
         app.router.add_post("/api/v10/users/@me/channels", self._open_dm)
+        app.router.add_post("/api/v10/channels/{channel_id}/typing", self._typing)
+        app.router.add_patch("/api/v10/channels/{channel_id}/messages/{message_id}",
+                             self._edit_message)
         app.router.add_get("/gw", self._gateway)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -169,6 +175,20 @@ class DiscordPeer:
         return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
 
+    async def _typing(self, request: web.Request) -> web.Response:
+        self.typing.append(request.match_info["channel_id"])
+        return web.Response(status=204)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        channel_id, message_id = request.match_info["channel_id"], request.match_info["message_id"]
+        body = await request.json()
+        self.edits.append((channel_id, message_id, body))
+        self.texts[message_id] = body.get("content", "")
+        edited = fixture("message_created_reply")
+        edited.update(id=message_id, channel_id=channel_id, content=self.texts[message_id])
+        await self._notify()
+        return _json(edited)
+
     async def _open_dm(self, request: web.Request) -> web.Response:
         """A direct-message channel with a user; refused for those in `no_dm`."""
         recipient = str((await request.json())["recipient_id"])
@@ -201,6 +221,7 @@ class DiscordPeer:
         reference = body.get("message_reference")
         created.update(id=str(next(self._ids)), channel_id=channel_id,
                        content=body.get("content", ""))
+        self.texts[created["id"]] = created["content"]
         if reference:
             created.update(type=19, message_reference=reference)
         await self._notify()

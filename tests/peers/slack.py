@@ -27,6 +27,8 @@ class SlackPeer:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []  # every API call, in order
         self.posted: list[dict[str, Any]] = []  # chat.postMessage arguments
+        self.updates: list[dict[str, Any]] = []  # chat.update arguments
+        self.texts: dict[str, str] = {}  # ts -> the message's text now
         self.users: dict[str, dict[str, Any]] = {}  # Slack id -> users.info "user"
         self.rate_limited: dict[str, int] = {}  # method -> how many more 429 answers
         self.acks: list[str] = []  # Socket Mode envelope ids the client acknowledged
@@ -95,12 +97,21 @@ class SlackPeer:
         ts = f"{int(time.time())}.{next(self._ts):06d}"
         async with self._posted:
             self.posted.append(dict(args))
+            self.texts[ts] = str(args.get("text"))
             self._posted.notify_all()
         message = {"type": "message", "subtype": "bot_message", "text": args.get("text"),
                    "ts": ts, "user": BOT_USER_ID, "bot_id": BOT_ID, "team": TEAM_ID}
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
         return {"ok": True, "channel": args["channel"], "ts": ts, "message": message}
+
+    async def _chat_update(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        ts = str(args.get("ts"))
+        if ts not in self.texts:
+            return {"ok": False, "error": "message_not_found"}
+        self.updates.append(dict(args))
+        self.texts[ts] = str(args.get("text"))
+        return {"ok": True, "channel": args.get("channel"), "ts": ts, "text": args.get("text")}
 
     async def _users_info(self, args: Mapping[str, Any]) -> dict[str, Any]:
         user = self.users.get(str(args.get("user")))

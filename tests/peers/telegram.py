@@ -28,6 +28,8 @@ class TelegramPeer:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.sent: list[dict[str, Any]] = []  # sendMessage arguments, JSON ones decoded
+        self.edits: list[dict[str, Any]] = []  # editMessageText arguments
+        self.texts: dict[tuple[str, int], str] = {}  # (chat, message id) -> its text now
         self.webhook: dict[str, Any] = {}
         self.drop_polls = 0  # how many next getUpdates calls lose their connection
         self.fail_polls = 0  # how many next getUpdates calls get 502 Bad Gateway
@@ -127,8 +129,27 @@ class TelegramPeer:
                    "date": int(time.time()), "text": text}
         async with self._changed:
             self.sent.append(sent)
+            self.texts[(str(chat_id), message["message_id"])] = text
             self._changed.notify_all()
         return _ok(message)
+
+    async def _editMessageText(self, args: Mapping[str, Any]) -> web.Response:
+        key = (str(args["chat_id"]), int(args["message_id"]))
+        text = str(args.get("text") or "")
+        if key not in self.texts:
+            return _error(400, "Bad Request: message to edit not found")
+        if text == self.texts[key]:
+            return _error(400, "Bad Request: message is not modified")
+        async with self._changed:
+            self.edits.append({k: _decoded(v) for k, v in args.items()})
+            self.texts[key] = text
+            self._changed.notify_all()
+        return _ok({"message_id": key[1], "from": BOT, "date": int(time.time()),
+                    "chat": self._chats.get(int(key[0]), {"id": int(key[0]), "type": "private"}),
+                    "text": text})
+
+    async def _sendChatAction(self, args: Mapping[str, Any]) -> web.Response:
+        return _ok(True)
 
     async def _get_updates(self, request: web.Request,
                            args: Mapping[str, Any]) -> web.StreamResponse:

@@ -29,6 +29,8 @@ def answer(intent: Intent, context: Context) -> str:
     if kind == "empty":
         return "I didn't catch anything there. Say 'help' to see what I can do."
     if kind == "set_fact":
+        if intent.key in _PLACES:
+            return f"Got it: {_PLACES[intent.key].format(intent.value)}."
         return f"Got it: your {intent.key} is {intent.value}."
     if kind == "set_name":
         return f"Nice to meet you, {intent.value}. I'll call you that everywhere."
@@ -58,11 +60,18 @@ def answer(intent: Intent, context: Context) -> str:
             "and ask 'what's my budget?', or say 'help'.")
 
 
+_PLACES = {"city": "you live in {}", "employer": "you work at {}",
+           "hometown": "you're from {}"}
+
+
 def _recall(key: str, context: Context) -> str:
     fact = context.fact(key)
     if fact is not None:
         if key == "name":
             return f"Your name is {fact.value}."
+        if key in _PLACES:
+            sentence = _PLACES[key].format(fact.value)
+            return sentence[0].upper() + sentence[1:] + "."
         return f"Your {key} is {fact.value}."
     if key.endswith("s") and (fact := context.fact(key[:-1])):
         return f"Your {fact.key} is {fact.value}."
