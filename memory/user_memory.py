@@ -14,7 +14,8 @@ from memory.types import Fact, Memory, NotFoundError, WorkingItem, new_id, now
 # a transaction or a connection. None means "the database, on its own".
 Query = Any
 
-_WORD = re.compile(r"[a-z0-9$€£%.,']+")
+# Search terms: letters and digits only, so no query can speak the search syntax.
+_TERM = re.compile(r"[^\W_]+")
 
 
 class UserMemory:
@@ -81,24 +82,28 @@ class UserMemory:
 
     async def search_memories(self, user_id: str, query: str, limit: int = 5, *,
                               q: Query = None) -> list[Memory]:
-        """Memories sharing the most words with the query, best first."""
-        words = sorted(set(_WORD.findall(query.lower())) - _STOP_WORDS)[:8]
+        """The user's memories that share (stemmed) words with the query, best first:
+        SQLite FTS5 ranked by bm25, PostgreSQL full-text search ranked by ts_rank. Only
+        this user's memories are ever searched."""
+        words = [w for w in dict.fromkeys(_TERM.findall(query.lower()))
+                 if w not in _STOP_WORDS][:12]
         if not words:
             return []
-        likes = " OR ".join(f"lower(content) LIKE ${i + 2}" for i in range(len(words)))
-        rows = await (q or self.db).fetch(
-            "SELECT id, content, metadata, created_at FROM memories WHERE user_id = $1"
-            f" AND ({likes}) ORDER BY created_at DESC LIMIT 100",
-            user_id, *(f"%{w}%" for w in words),
-        )
-        scored = []
-        for r in rows:
-            memory = Memory(r[0], r[1], json.loads(r[2]), r[3])
-            overlap = len(set(words) & set(_WORD.findall(memory.content.lower())))
-            if overlap:
-                scored.append((overlap, memory.created_at, memory))
-        scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        return [memory for _, _, memory in scored[:limit]]
+        if self.db.dialect == "postgres":
+            rows = await (q or self.db).fetch(
+                "SELECT id, content, metadata, created_at FROM memories"
+                " WHERE user_id = $1 AND search @@ to_tsquery('english', $2)"
+                " ORDER BY ts_rank(search, to_tsquery('english', $2)) DESC, created_at DESC"
+                " LIMIT $3",
+                user_id, " | ".join(words), limit)
+        else:
+            rows = await (q or self.db).fetch(
+                "SELECT m.id, m.content, m.metadata, m.created_at FROM memories_fts"
+                " JOIN memories AS m ON m.rowid = memories_fts.rowid"
+                " WHERE memories_fts MATCH $2 AND m.user_id = $1"
+                " ORDER BY bm25(memories_fts), m.created_at DESC LIMIT $3",
+                user_id, " OR ".join(f'"{w}"' for w in words), limit)
+        return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
     async def delete_memory(self, user_id: str, memory_id: str) -> None:
         async with self.db.transaction() as tx:

@@ -267,3 +267,16 @@ async def test_resolve_honours_a_type_given_beside_a_plain_value(server):
     assert typed["data"]["muxi_user_id"] == same["data"]["muxi_user_id"]
     assert typo.status_code == 422 and "did you mean 'telegram'" in typo.json()["message"]
     assert text["data"]["type"] == "slack" and text["data"]["identifier"] == "U98765ABC"
+
+
+async def test_memories_can_be_searched_through_the_api(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        for note in ("the demo is on Friday", "my sister lives in Lyon", "the budget is tight"):
+            await http.post("/chat", json={"message": f"remember that {note}"},
+                            headers=headers("searcher@x.co"))
+        found = (await http.get("/memories", params={"q": "when is the demo?", "limit": 2},
+                                headers=headers("searcher@x.co"))).json()["data"]
+        listed = (await http.get("/memories", headers=headers("searcher@x.co"))).json()["data"]
+    assert [m["content"] for m in found["memories"]] == ["the demo is on Friday"]
+    assert listed["count"] == 3

@@ -466,3 +466,19 @@ async def test_the_offline_assistant_reads_places_and_updates(engine):
     assert "that idea" not in (await web.push("a@x.co", "what do you know about me?")).text
     assert "Canadian" not in (await web.push("a@x.co", "I'm Canadian")).text.split(",")[0]
     assert (await engine.memory.users.get_fact(mixed.user_id, "name")) is None
+
+
+async def test_memories_are_found_by_stemmed_words_and_only_the_users_own(engine, formation):
+    web = InMemoryChannel(engine, "web")
+    alice = (await web.push("alice@x.co", "remember that the demo is on Friday")).user_id
+    await web.push("alice@x.co", "remember that my sister lives in Lyon")
+    await web.push("alice@x.co", "remember that I am allergic to peanuts")
+    bob = (await web.push("bob@x.co", "remember that the demos were cancelled")).user_id
+    users = engine.memory.users
+    found = await users.search_memories(alice, "when are the demos?")
+    assert [m.content for m in found] == ["the demo is on Friday"]  # demos ~ demo
+    assert [m.content for m in await users.search_memories(alice, "peanut")] == [
+        "I am allergic to peanuts"]
+    assert await users.search_memories(alice, "cancelled") == []  # Bob's, not hers
+    assert len(await users.search_memories(bob, "demo")) == 1
+    assert await users.search_memories(alice, '" OR NOT * (') == []  # no query syntax

@@ -41,9 +41,15 @@ def _session(s: Session, idle_timeout: float) -> dict[str, Any]:
 
 
 @router.get("/memories", tags=["memory"])
-async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50) -> JSONResponse:
+async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50,
+                        q: Annotated[str | None, Query(max_length=500, description=(
+                            "search: the user's memories that share words with this text, "
+                            "best first (stemmed full-text search)"))] = None) -> JSONResponse:
     user = await require_user(request, f, rt)
-    memories = await rt.memory.users.memories(user, limit=limit)
+    if q is not None and q.strip():
+        memories = await rt.memory.users.search_memories(user, q, limit=limit)
+    else:
+        memories = await rt.memory.users.memories(user, limit=limit)
     facts = await rt.memory.users.facts(user)
     return ok(request, {
         "user_id": user,

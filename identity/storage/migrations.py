@@ -40,6 +40,20 @@ def migrations_for(dialect: str, schema: Schema) -> list[Migration]:
 
 
 def statements(sql: str) -> list[str]:
-    """The statements of a migration file, one by one (SQLite runs them singly)."""
+    """The statements of a migration file, one by one (SQLite runs them singly); a trigger's
+    BEGIN … END body, semicolons and all, stays one statement."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    found: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending = f"{pending};{part}" if pending else part
+        text = pending.strip()
+        if not text:
+            pending = ""
+            continue
+        in_trigger = text.upper().startswith("CREATE TRIGGER")
+        if in_trigger and not text.upper().endswith("END"):
+            continue  # inside the trigger's body
+        found.append(text)
+        pending = ""
+    return found
