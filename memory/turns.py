@@ -149,6 +149,7 @@ class TurnWrite:
     tasks: list[Task]
     loaded: TurnContext
     completion: Completion | None = None
+    source: dict[str, Any] | None = None  # provenance kept with facts and notes
 
 
 class Turns:
@@ -237,18 +238,19 @@ class Turns:
                 reply = {**done.reply, "session_id": session.id}
                 await self.claims.complete(tx, done.key, done.token, reply, sent=done.sent)
             for key, value in changes.facts.items():
-                await users.set_fact(user_id, key, value, q=tx)
+                await users.set_fact(user_id, key, value, q=tx, source=turn.source)
                 facts[("fact", key)] = Fact("fact", key, value, now())
             for key in changes.forget:
                 await users.forget_fact(user_id, key, q=tx)
                 facts.pop(("fact", key), None)
             for value in changes.preferences:
                 key = value.lower()[:100]
-                await users.set_fact(user_id, key, value, kind="preference", q=tx)
+                await users.set_fact(user_id, key, value, kind="preference", q=tx,
+                                     source=turn.source)
                 facts[("preference", key)] = Fact("preference", key, value, now())
             for content in changes.memories:
-                recent.insert(0, await users.add_memory(user_id, content,
-                                                        {"source": "conversation"}, q=tx))
+                metadata = {"source": "conversation", **(turn.source or {})}
+                recent.insert(0, await users.add_memory(user_id, content, metadata, q=tx))
             if changes.persistent:
                 ordered = sorted(facts.values(), key=lambda f: (f.kind, f.updated_at))
                 await users.save_synopsis(user_id, build_synopsis(ordered, recent[:5]), q=tx)

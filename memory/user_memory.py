@@ -28,13 +28,22 @@ class UserMemory:
     # Facts and preferences (persistent memory as key/value).
 
     async def set_fact(self, user_id: str, key: str, value: str, kind: str = "fact", *,
-                       q: Query = None) -> None:
+                       q: Query = None, source: dict[str, Any] | None = None) -> None:
+        """`source`: where it was learnt ({"channel", "message_id", "at", "by"})."""
         await (q or self.db).execute(
-            "INSERT INTO facts (user_id, kind, key, value, updated_at) VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO facts (user_id, kind, key, value, updated_at, source)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
             " ON CONFLICT (user_id, kind, key) DO UPDATE SET value = excluded.value,"
-            " updated_at = excluded.updated_at",
-            user_id, kind, key, value, now(),
+            " updated_at = excluded.updated_at, source = excluded.source",
+            user_id, kind, key, value, now(), json.dumps(source) if source else None,
         )
+
+    async def fact_sources(self, user_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """Where each fact came from, by (kind, key), for those that say."""
+        rows = await self.db.fetch(
+            "SELECT kind, key, source FROM facts WHERE user_id = $1 AND source IS NOT NULL",
+            user_id)
+        return {(r[0], r[1]): json.loads(r[2]) for r in rows}
 
     async def get_fact(self, user_id: str, key: str, kind: str = "fact") -> Fact | None:
         row = await self.db.fetchrow(

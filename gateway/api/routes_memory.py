@@ -51,12 +51,14 @@ async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50,
     else:
         memories = await rt.memory.users.memories(user, limit=limit)
     facts = await rt.memory.users.facts(user)
+    sources = await rt.memory.users.fact_sources(user)
     return ok(request, {
         "user_id": user,
         "memories": [{"id": m.id, "content": m.content, "created_at": m.created_at,
                       "metadata": m.metadata} for m in memories],
         "facts": [{"kind": x.kind, "key": x.key, "value": x.value,
-                   "updated_at": x.updated_at} for x in facts],
+                   "updated_at": x.updated_at, "source": sources.get((x.kind, x.key))}
+                  for x in facts],
         "count": len(memories),
     }, obj="memories", type_="memory.list")
 

@@ -216,8 +216,11 @@ class Engine:
         if completion is not None:
             completion = replace(completion, reply=asdict(reply))
         tasks = self._tasks(user_id, formation, message, response.changes.tasks)
+        source = {"channel": channel, "message_id": message.message_id, "at": at,
+                  "by": self.responder.name if answer is not None else "rules"}
         stored = await memory.turns.store(TurnWrite(
-            user_id, session, text, answer, response.changes, tasks, loaded, completion))
+            user_id, session, text, answer, response.changes, tasks, loaded, completion,
+            source))
         log.info("turn", channel=channel, user_id=user_id, session_id=stored.id,
                  new_session=session.is_new, request_id=request_id)
         return reply if stored.id == session.id else replace(reply, session_id=stored.id)

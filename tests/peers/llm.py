@@ -20,6 +20,9 @@ class ChatCompletionsPeer:
         self.released = asyncio.Event()  # a stream waits for this before its last chunk
         self.released.set()
         self.finished = asyncio.Event()  # set once a stream has sent its last chunk
+        # Tool calls the model makes first (name, arguments: a dict, or raw text for a
+        # malformed call); it answers in words once told how they went.
+        self.tool_calls: list[tuple[str, Any]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -33,8 +36,16 @@ class ChatCompletionsPeer:
             await asyncio.sleep(1.5)
         if self.mode == "garbage":
             return web.json_response({"choices": []})
+        calls = self._calls_for(body)
         if body.get("stream"):
-            return await self._stream(request, body)
+            return await self._stream(request, body, calls)
+        if calls:
+            return web.json_response({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "tool_calls",
+                             "message": {"role": "assistant", "content": None,
+                                         "tool_calls": calls}}]})
         return web.json_response({
             "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
@@ -42,11 +53,34 @@ class ChatCompletionsPeer:
                          "message": {"role": "assistant", "content": self.reply}}],
         })
 
-    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        """The reply as chat-completions server-sent events, a word per chunk."""
+    def _calls_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        told = any(m.get("role") == "tool" for m in body.get("messages") or [])
+        if not self.tool_calls or "tools" not in body or told:
+            return []
+        return [{"id": f"call_{n}", "type": "function",
+                 "function": {"name": name, "arguments": args if isinstance(args, str)
+                              else json.dumps(args)}}
+                for n, (name, args) in enumerate(self.tool_calls)]
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      calls: list[dict[str, Any]]) -> web.StreamResponse:
+        """The reply as chat-completions server-sent events, a word per chunk (or the tool
+        calls, their arguments cut in two pieces)."""
         self.finished.clear()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if calls:
+            for n, call in enumerate(calls):
+                args = call["function"]["arguments"]
+                half = len(args) // 2
+                for piece in ({"index": n, "id": call["id"], "type": "function",
+                               "function": {"name": call["function"]["name"],
+                                            "arguments": args[:half]}},
+                              {"index": n, "function": {"arguments": args[half:]}}):
+                    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}
+                    await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            return response
         words = self.reply.split(" ")
         for n, word in enumerate(words):
             if n == len(words) - 1:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import structlog
 
 from config.errors import ThreadlineError
+from gateway.conversation.responders import tools
 from gateway.conversation.responders.base import Changes, Context, Response
+
+log = structlog.get_logger("threadline.responder")
 
 Delta = Callable[[str], Awaitable[None]]
 
@@ -55,9 +60,29 @@ class OpenAIResponder:
 
     async def respond(self, context: Context, changes: Changes, *,
                       on_delta: Delta | None = None) -> Response:
-        payload = {"model": self.model, "messages": messages_for(context, changes)}
+        """The model answers and, through its tools, says what to remember; the rule
+        reader's `changes` are not used (they are the fallback when the model is down)."""
+        messages = messages_for(context, changes)
+        text, calls = await self._complete(messages, on_delta, with_tools=True)
+        outcome = tools.apply(calls, context.now)
+        for reason in outcome.refused:
+            log.warning("model tool call refused", reason=reason, user_id=context.user_id)
+        if calls and not text:  # it only used tools: tell it how they went, then it answers
+            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            messages += [{"role": "tool", "tool_call_id": call_id, "content": result}
+                         for call_id, result in outcome.results.items()]
+            text, _ = await self._complete(messages, on_delta, with_tools=False)
+        if not text.strip():
+            raise ResponderError("model endpoint sent an empty message")
+        return Response(text.strip(), outcome.changes)
+
+    async def _complete(self, messages: list[dict[str, Any]], on_delta: Delta | None, *,
+                        with_tools: bool) -> tuple[str, list[dict[str, Any]]]:
+        payload: dict[str, Any] = {"model": self.model, "messages": messages}
+        if with_tools:
+            payload["tools"] = tools.TOOLS
         if on_delta is not None:
-            return Response(await self._stream(payload, on_delta), changes)
+            return await self._stream(payload, on_delta)
         try:
             answer = await self._client.post("chat/completions", json=payload)
         except httpx.HTTPError as exc:
@@ -66,17 +91,23 @@ class OpenAIResponder:
             raise ResponderError(f"model endpoint answered {answer.status_code}: "
                                  f"{answer.text[:200]}")
         try:
-            text = answer.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            message = answer.json()["choices"][0]["message"]
+            text, calls = message.get("content") or "", message.get("tool_calls") or []
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ResponderError("model endpoint sent no message content") from exc
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not isinstance(calls, list):
+            raise ResponderError("model endpoint sent a malformed message")
+        if not text.strip() and not calls:
             raise ResponderError("model endpoint sent an empty message")
-        return Response(text.strip(), changes)
+        return text, calls
 
-    async def _stream(self, payload: dict[str, Any], on_delta: Delta) -> str:
-        """chat-completions with `stream: true`: each `data:` chunk's delta goes to
-        `on_delta` as it arrives; the stream must end with `[DONE]`."""
+    async def _stream(self, payload: dict[str, Any],
+                      on_delta: Delta) -> tuple[str, list[dict[str, Any]]]:
+        """chat-completions with `stream: true`: each `data:` chunk's text goes to
+        `on_delta` as it arrives, tool calls are gathered; the stream must end in
+        `[DONE]`."""
         parts: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
         finished = False
         try:
             async with self._client.stream("POST", "chat/completions",
@@ -91,7 +122,7 @@ class OpenAIResponder:
                     if data == "[DONE]":
                         finished = True
                         break
-                    piece = _delta(data)
+                    piece = _delta(data, calls)
                     if piece:
                         parts.append(piece)
                         await on_delta(piece)
@@ -99,16 +130,21 @@ class OpenAIResponder:
             raise ResponderError(f"the model's stream broke off: {type(exc).__name__}") from exc
         if not finished:
             raise ResponderError("the model's stream ended before the answer was finished")
-        text = "".join(parts).strip()
-        if not text:
-            raise ResponderError("model endpoint sent an empty message")
-        return text
+        return "".join(parts), [calls[n] for n in sorted(calls)]
 
 
-def _delta(data: str) -> str | None:
+def _delta(data: str, calls: dict[int, dict[str, Any]]) -> str | None:
+    """A stream chunk's text; its tool-call pieces are joined into `calls` by index."""
     try:
-        choice = json.loads(data)["choices"][0]
-        piece = (choice.get("delta") or {}).get("content")
+        delta = json.loads(data)["choices"][0].get("delta") or {}
+        for part in delta.get("tool_calls") or []:
+            call = calls.setdefault(int(part.get("index", 0)), {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = part.get("id") or call["id"]
+            function = part.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+        piece = delta.get("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ResponderError("model endpoint sent a malformed stream chunk") from exc
     return piece if isinstance(piece, str) else None
@@ -116,14 +152,15 @@ def _delta(data: str) -> str | None:
 
 def messages_for(context: Context, changes: Changes) -> list[dict[str, Any]]:
     known = [f"- {f.key}: {f.value}" for f in context.facts if f.kind == "fact"]
-    known += [f"- {k}: {v} (just told)" for k, v in changes.facts.items()]
     known += [f"- prefers {f.value}" for f in context.facts if f.kind == "preference"]
     notes = [f"- {m.content}" for m in context.memories]
     recent = [f"- [{w.channel}] {w.role}: {w.content}" for w in context.working[-8:]]
     system = "\n".join(filter(None, [
         "You are Threadline, a helpful assistant that remembers the user across channels "
         f"(this message came from {context.channel}). Answer from what you know about the "
-        "user; when you do not know, say so plainly.",
+        "user; when you do not know, say so plainly. When the user tells you something "
+        "worth keeping (a fact, a preference, a note) or asks for a reminder or to forget "
+        f"something, use your tools. The time now is {_iso(context.now)} (UTC).",
         f"Synopsis: {context.synopsis}" if context.synopsis else "",
         "Known about the user:\n" + "\n".join(known) if known else "",
         "Relevant notes:\n" + "\n".join(notes) if notes else "",
@@ -133,3 +170,7 @@ def messages_for(context: Context, changes: Changes) -> list[dict[str, Any]]:
     messages += [{"role": m.role, "content": m.content} for m in context.buffer]
     messages.append({"role": "user", "content": context.text})
     return messages
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
