@@ -55,6 +55,7 @@ class Settings(BaseModel):
     webchat_secret: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     formation_file: Path | None = None
     secrets_file: Path | None = None
     # More formations served by this process: [{"id", "admin_key", "client_key"}].

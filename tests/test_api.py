@@ -280,3 +280,47 @@ async def test_memories_can_be_searched_through_the_api(server):
         listed = (await http.get("/memories", headers=headers("searcher@x.co"))).json()["data"]
     assert [m["content"] for m in found["memories"]] == ["the demo is on Friday"]
     assert listed["count"] == 3
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/chat", {"message": "hi\u0000there"}, "message"),
+    ("/memories", {"detail": "a\u0000b"}, "detail"),
+    ("/credentials", {"service": "git\u0000hub", "credential": {"token": "x"}}, "service"),
+])
+async def test_a_nul_byte_in_a_text_field_is_a_422_naming_it(server, path, body, field):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        answer = await http.post(path, json=body, headers=headers("nul@x.co"))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"].startswith(f"{field}:") and "NUL" in answer.json()["message"]
+
+
+async def test_a_body_over_the_limit_gets_413_after_the_key_and_before_it_is_read(server):
+    url, _ = server
+    big = b'{"message": "' + b"x" * (2 << 20) + b'"}'
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        stranger = await http.post("/chat", content=big,
+                                   headers={"Content-Type": "application/json"})
+        known = await http.post("/chat", content=big, headers={
+            **headers("big@x.co"), "Content-Type": "application/json"})
+
+        fine = await http.post("/chat", json={"message": "hi"}, headers=headers("big@x.co"))
+    assert stranger.status_code == 401
+    assert known.status_code == 413 and known.json()["code"] == "PAYLOAD_TOO_LARGE"
+    assert fine.status_code == 200
+    # A chunked body says no length: it is cut off once it passes the limit.
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /v1/chat HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+                 f"\r\nX-Muxi-Client-Key: {CLIENT}\r\nX-Muxi-User-ID: big@x.co\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"x" * 65536
+    for _ in range(40):  # 2.5 MB, if the server took it all
+        try:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await writer.drain()
+        except ConnectionError:
+            break  # the server answered and closed: what we want
+    status = await reader.readline()
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 413")

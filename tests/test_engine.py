@@ -482,3 +482,9 @@ async def test_memories_are_found_by_stemmed_words_and_only_the_users_own(engine
     assert await users.search_memories(alice, "cancelled") == []  # Bob's, not hers
     assert len(await users.search_memories(bob, "demo")) == 1
     assert await users.search_memories(alice, '" OR NOT * (') == []  # no query syntax
+
+
+async def test_a_platform_message_with_a_nul_byte_is_answered(engine):
+    reply = await InMemoryChannel(engine, "telegram").push(("5", "telegram"),
+                                                           "my color is te\x00al")
+    assert reply.text == "Got it: your color is teal."

@@ -18,6 +18,7 @@ from gateway.api import (
     routes_scheduler,
 )
 from gateway.api.envelope import install_error_handlers
+from gateway.api.limits import BodyLimit
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 
@@ -75,4 +76,6 @@ def create_app(runtime: Runtime, formations: dict[str, Formation], *,
     app.include_router(router, prefix="/api/{formation_id}/v1", include_in_schema=False)
     for route in extra_routes or []:
         app.router.routes.append(route)
+    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, formations=formations,
+                       default=runtime.settings.formation_id)
     return app

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import ThreadlineError
@@ -23,6 +24,16 @@ from identity import (
 from memory.types import InvalidScheduleError, NotFoundError
 
 log = structlog.get_logger("threadline.api")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store U+0000 in text: refuse it here, naming the field.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ApiError(ThreadlineError):

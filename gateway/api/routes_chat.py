@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, identify, runtime
-from gateway.api.envelope import ApiError, ok
+from gateway.api.envelope import ApiError, Text, ok
 from gateway.conversation.engine import StreamBrokenError, describe
 from gateway.conversation.live import stream_turn
 from gateway.conversation.messages import InboundMessage, Reply
@@ -28,8 +28,8 @@ _TOKENS = re.compile(r"\S+\s*|\s+")
 
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    message: str = Field(min_length=1, max_length=20_000)
-    session_id: str | None = Field(None, max_length=200)
+    message: Text = Field(min_length=1, max_length=20_000)
+    session_id: Text | None = Field(None, max_length=200)
     stream: bool = False
 
 

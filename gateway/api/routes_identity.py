@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import PathConvertor
 
 from gateway.api.deps import admin_access, client_access, formation, runtime
-from gateway.api.envelope import ApiError, ok
+from gateway.api.envelope import ApiError, Text, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.health import Readiness
 from gateway.runtime.wiring import Runtime
@@ -34,7 +34,7 @@ IdentifierForm = str | list[Any] | dict[str, Any]
 class ResolveBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     identifier: IdentifierForm
-    type: str | None = Field(None, max_length=40, description="the identifier's type, when "
+    type: Text | None = Field(None, max_length=40, description="the identifier's type, when "
                              "`identifier` is a plain value (e.g. 4242 with type telegram)")
     create_user: bool = True
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import client_access, require_user, runtime
-from gateway.api.envelope import ok
+from gateway.api.envelope import Text, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import Session
@@ -22,15 +22,15 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 class MemoryBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = Field("note", max_length=50)
-    detail: str = Field(min_length=1, max_length=10_000)
+    type: Text = Field("note", max_length=50)
+    detail: Text = Field(min_length=1, max_length=10_000)
     user_id: str | None = None
 
 
 class CredentialBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    service: str = Field(min_length=1, max_length=100)
-    name: str | None = Field(None, max_length=200)
+    service: Text = Field(min_length=1, max_length=100)
+    name: Text | None = Field(None, max_length=200)
     credential: dict[str, Any] = Field(min_length=1)
 
 

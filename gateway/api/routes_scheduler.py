@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import admin_access, identify, require_user, runtime
-from gateway.api.envelope import ApiError, ok
+from gateway.api.envelope import ApiError, Text, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import Task
@@ -21,10 +21,10 @@ Admin = Annotated[Formation, Depends(admin_access)]
 
 class JobBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = Field("one_time", max_length=20)
-    schedule: str = Field(min_length=1, max_length=200)
-    message: str = Field(min_length=1, max_length=5000)
-    user_id: str | None = Field(None, max_length=512)
+    type: Text = Field("one_time", max_length=20)
+    schedule: Text = Field(min_length=1, max_length=200)
+    message: Text = Field(min_length=1, max_length=5000)
+    user_id: Text | None = Field(None, max_length=512)
 
 
 def _job(t: Task) -> dict[str, Any]:

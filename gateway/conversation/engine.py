@@ -75,6 +75,8 @@ class Engine:
         process is answering it (within its lease). With `message.replay` an answered one
         gets its stored reply again instead. A reply stored by a process that died before
         saying it is said now, without a second turn."""
+        if "\x00" in message.text:  # no database stores it; a platform may still send it
+            message = replace(message, text=message.text.replace("\x00", ""))
         formation = message.formation or self.formation
         key = (MessageKey(formation, message.channel, message.message_id)
                if message.message_id is not None else None)

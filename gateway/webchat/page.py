@@ -61,6 +61,7 @@ MAX_TEXT = 20_000
 MAX_BODY = 1 << 20  # a 20,000-character text fits even written as \uXXXX escapes
 MIN_SECRET = 16
 PAGE = Path(__file__).parent / "static" / "webchat.html"
+_STATUS_CODES = {413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -133,12 +134,13 @@ async def _read_body(request: Request) -> dict[str, Any]:
                        status=415)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
-        raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes")
+        raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes", status=413)
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes")
+            raise _Invalid("body", f"the request body is larger than {MAX_BODY} bytes",
+                           status=413)
     try:
         body = json.loads(raw)
     except ValueError:
@@ -158,6 +160,8 @@ def _text(body: dict[str, Any]) -> str:
         raise _Invalid("text", "text must not be empty")
     if len(text) > MAX_TEXT:
         raise _Invalid("text", f"text is longer than {MAX_TEXT} characters")
+    if "\x00" in text:
+        raise _Invalid("text", "text must not contain a NUL character (\\u0000)")
     return text
 
 
@@ -224,8 +228,9 @@ class WebChat:
                 raise _Invalid("message_id", "message_id must be 1-100 letters, digits, '_', "
                                              "'.', ':' or '-'")
         except _Invalid as exc:
-            if exc.status == 415:
-                return error_response(request, 415, "UNSUPPORTED_MEDIA_TYPE", exc.message)
+            if exc.status in _STATUS_CODES:
+                return error_response(request, exc.status, _STATUS_CODES[exc.status],
+                                      exc.message)
             return _invalid(request, exc.field, exc.message)
         except ClientDisconnect:
             return Response(status_code=400)
