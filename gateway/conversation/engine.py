@@ -162,19 +162,28 @@ class Engine:
             return reply
         completion = (Completion(key, token, {}, sent)
                       if key is not None and token is not None else None)
+        said = False
+
+        async def first_pieces(piece: str) -> None:
+            nonlocal said
+            said = True
+            assert on_delta is not None
+            await on_delta(piece)
+
         try:
             return await self._converse(formation, user_id, message, request_id, completion,
-                                        on_delta)
+                                        first_pieces if on_delta is not None else None)
         except Exception as exc:
             if not is_foreign_key_violation(exc) or message.identifier is None:
                 raise
         # The user was merged away (by another process, or while this turn ran) and our
-        # mapping was stale: resolve afresh and take the turn once more.
+        # mapping was stale: resolve afresh and take the turn once more (without streaming
+        # its pieces a second time).
         log.info("user merged away during the turn; resolving again", channel=message.channel)
         user_id = await self.identity.refresh(formation, message.identifier)
         assert user_id is not None
         return await self._converse(formation, user_id, message, request_id, completion,
-                                    on_delta)
+                                    None if said else on_delta)
 
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
                         request_id: str, completion: Completion | None,
