@@ -8,6 +8,7 @@ reason, unless THREADLINE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -33,6 +34,7 @@ REQUIRE = os.environ.get("THREADLINE_REQUIRE_SERVICES") == "1"
 TEST_SECRET = b"test-identity-secret-0123456789"
 
 configure_logging("console", "info", cache=False)
+logging.getLogger("mail.log").setLevel(logging.WARNING)  # the SMTP stand-in's every connection
 
 
 def _missing(what: str, why: object) -> None:
