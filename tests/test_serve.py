@@ -90,3 +90,21 @@ def test_a_reminder_set_in_threadline_chat_arrives_there_once(tmp_path):
     assert chat.returncode == 0, err
     assert "OK, I'll remind you to stretch" in out
     assert out.count("⏰ Reminder: stretch") == 1, out
+
+
+def test_the_systemd_unit_migrates_before_serving_and_never_gates_on_channels():
+    unit = (Path(__file__).parent.parent / "deploy" / "threadline.service").read_text()
+    lines = [line.strip() for line in unit.splitlines() if not line.startswith("#")]
+    pre = [line for line in lines if line.startswith("ExecStartPre=")]
+    assert pre == ["ExecStartPre=/srv/threadline/.venv/bin/threadline migrate"]
+    assert "ExecStart=/srv/threadline/.venv/bin/threadline serve" in lines
+    assert not any("doctor" in line for line in lines)
+
+
+def test_migrate_on_a_fresh_install_succeeds_then_finds_nothing_pending(tmp_path):
+    first = subprocess.run([THREADLINE, "migrate"], cwd=tmp_path, env=_env(tmp_path),
+                           text=True, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([THREADLINE, "migrate", "--check"], cwd=tmp_path, env=_env(tmp_path),
+                           text=True, capture_output=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
