@@ -324,3 +324,23 @@ async def test_a_body_over_the_limit_gets_413_after_the_key_and_before_it_is_rea
     status = await reader.readline()
     writer.close()
     assert status.startswith(b"HTTP/1.1 413")
+
+
+async def test_facts_and_preferences_are_memories_with_ids_that_can_be_deleted(server):
+    url, runtime = server
+    user_headers = headers("facts@x.co")
+    async with httpx.AsyncClient(base_url=url + "/v1") as http:
+        for text in ("my budget is $5,000", "I prefer short answers",
+                     "remember that the demo is on Friday"):
+            await http.post("/chat", json={"message": text}, headers=user_headers)
+        listed = (await http.get("/memories", headers=user_headers)).json()["data"]
+        by_type = {m["type"]: m for m in listed["memories"]}
+        assert set(by_type) == {"note", "fact", "preference"} and listed["count"] == 3
+        assert by_type["fact"]["content"] == "budget: $5,000"
+        gone = await http.delete(f"/memories/{by_type['fact']['id']}", headers=user_headers)
+        again = await http.delete(f"/memories/{by_type['fact']['id']}", headers=user_headers)
+        bogus = await http.delete("/memories/fact_bm9wZQ", headers=user_headers)
+        asked = (await http.post("/chat", json={"message": "what's my budget?"},
+                                 headers=user_headers)).json()["data"]
+    assert gone.status_code == 200 and again.status_code == 404 and bogus.status_code == 404
+    assert "$5,000" not in asked["message"]["content"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,7 +13,7 @@ from gateway.api.deps import client_access, require_user, runtime
 from gateway.api.envelope import Text, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
-from memory.types import Session
+from memory.types import NotFoundError, Session
 
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -52,15 +53,39 @@ async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50,
         memories = await rt.memory.users.memories(user, limit=limit)
     facts = await rt.memory.users.facts(user)
     sources = await rt.memory.users.fact_sources(user)
+    listed = [{"id": m.id, "type": "note", "content": m.content, "created_at": m.created_at,
+               "metadata": m.metadata} for m in memories]
+    if not (q and q.strip()):  # facts and preferences are memories too, each with its id
+        listed += [{"id": fact_id(x.kind, x.key), "type": x.kind,
+                    "content": x.value if x.kind == "preference" else f"{x.key}: {x.value}",
+                    "key": x.key, "value": x.value, "created_at": x.updated_at,
+                    "metadata": {"source": sources.get((x.kind, x.key))}} for x in facts]
     return ok(request, {
         "user_id": user,
-        "memories": [{"id": m.id, "content": m.content, "created_at": m.created_at,
-                      "metadata": m.metadata} for m in memories],
-        "facts": [{"kind": x.kind, "key": x.key, "value": x.value,
-                   "updated_at": x.updated_at, "source": sources.get((x.kind, x.key))}
-                  for x in facts],
-        "count": len(memories),
+        "memories": listed[:limit],
+        "facts": [{"id": fact_id(x.kind, x.key), "kind": x.kind, "key": x.key,
+                   "value": x.value, "updated_at": x.updated_at,
+                   "source": sources.get((x.kind, x.key))} for x in facts],
+        "count": len(listed[:limit]),
     }, obj="memories", type_="memory.list")
+
+
+def fact_id(kind: str, key: str) -> str:
+    """A fact's id in the API: its kind and key, reversibly (facts are keyed, not numbered)."""
+    raw = f"{kind}\x1f{key}".encode()
+    return "fact_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _fact_of(memory_id: str) -> tuple[str, str] | None:
+    if not memory_id.startswith("fact_"):
+        return None
+    text = memory_id[len("fact_"):]
+    try:
+        kind, sep, key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode(
+            ).partition("\x1f")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (kind, key) if sep and kind in ("fact", "preference") else None
 
 
 @router.post("/memories", tags=["memory"], status_code=201)
@@ -77,7 +102,12 @@ async def add_memory(request: Request, body: MemoryBody, rt: Rt, f: Client) -> J
 @router.delete("/memories/{memory_id}", tags=["memory"])
 async def delete_memory(request: Request, memory_id: str, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
-    await rt.memory.users.delete_memory(user, memory_id)
+    fact = _fact_of(memory_id)
+    if fact is not None:
+        if not await rt.memory.users.forget_fact(user, fact[1], kind=fact[0]):
+            raise NotFoundError("memory", memory_id)
+    else:
+        await rt.memory.users.delete_memory(user, memory_id)
     await rt.memory.users.refresh_synopsis(user)
     return ok(request, {"id": memory_id, "deleted": True}, obj="memory", type_="memory.deleted")
 
