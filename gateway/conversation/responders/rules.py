@@ -190,38 +190,40 @@ def _reminder(what: str, when: datetime) -> Intent:
                   changes=Changes(tasks=[request]))
 
 
+def _clock(hour: str | None, minute: str | None, half: str | None,
+           default_hour: int) -> tuple[int, int] | None:
+    """"2", "30", "pm" -> (14, 30); None when it is no time of day."""
+    h, m = int(hour or default_hour), int(minute or 0)
+    half = (half or "").lower()
+    if half == "pm" and h < 12:
+        h += 12
+    elif half == "am" and h == 12:
+        h = 0
+    return (h, m) if h <= 23 and m <= 59 else None
+
+
 def _reminder_on(match: re.Match[str], now: float) -> Intent:
     """"tomorrow at 9", "next Monday", "on friday at 2pm" (9:00 when no time is said)."""
     day = match.group(1).lower().replace("next ", "").replace("on ", "")
-    hour, minute = int(match.group(2) or 9), int(match.group(3) or 0)
-    half = (match.group(4) or "").lower()
-    if half == "pm" and hour < 12:
-        hour += 12
-    elif half == "am" and hour == 12:
-        hour = 0
-    if hour > 23 or minute > 59:
+    clock = _clock(match.group(2), match.group(3), match.group(4), default_hour=9)
+    if clock is None:
         return Intent("bad_time", value=match.group(0))
     current = datetime.fromtimestamp(now, UTC)
     # The next such day, never today.
     ahead = 1 if day == "tomorrow" else (_DAYS.index(day) - current.weekday()) % 7 or 7
-    when = (current + timedelta(days=ahead)).replace(hour=hour, minute=minute, second=0,
-                                                     microsecond=0)
+    when = (current + timedelta(days=ahead)).replace(hour=clock[0], minute=clock[1],
+                                                     second=0, microsecond=0)
     intent = _reminder(match.group(5), when)
     intent.key = when.strftime("%A %H:%M UTC")
     return intent
 
 
 def _reminder_at(match: re.Match[str], now: float) -> Intent:
-    hour, minute = int(match.group(1)), int(match.group(2) or 0)
-    half = (match.group(3) or "").lower()
-    if half == "pm" and hour < 12:
-        hour += 12
-    elif half == "am" and hour == 12:
-        hour = 0
-    if hour > 23 or minute > 59:
+    clock = _clock(match.group(1), match.group(2), match.group(3), default_hour=0)
+    if clock is None:
         return Intent("bad_time", value=match.group(0))
     current = datetime.fromtimestamp(now, UTC)
-    when = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    when = current.replace(hour=clock[0], minute=clock[1], second=0, microsecond=0)
     if when <= current:
         when += timedelta(days=1)
     return _reminder(match.group(4), when)
