@@ -68,15 +68,10 @@ class OutboundMessage:
 
 
 class Channel(Protocol):
-    """What delivery needs from a channel to reach a person unprompted."""
+    """What delivery needs from a channel to reach a person unprompted. A channel may also
+    have `can_reach(user_id, conversation) -> bool` (a web chat page is open, an API client
+    listens for events); without it, a running channel reaches everyone."""
 
     name: str
 
     async def deliver(self, message: OutboundMessage) -> None: ...
-
-
-class Reachable(Protocol):
-    """A channel that can tell whether it can reach a person right now (a web chat page is
-    open, an API client listens for events); channels without it reach whenever running."""
-
-    def can_reach(self, user_id: str, conversation: str) -> bool: ...
