@@ -27,7 +27,7 @@ from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.responders.base import Changes, Context, Response
 from gateway.conversation.scheduler import Scheduler
 from gateway.runtime.supervisor import AdapterConfigError
-from tests.helpers.responders import Gated
+from tests.helpers.responders import Gated, streaming_model
 from tests.peers.discord import (
     ALICE_ID,
     BOB_ID,
@@ -439,21 +439,10 @@ async def test_a_link_code_asked_for_in_a_guild_goes_by_direct_message(peer, bot
 
 
 async def test_a_streamed_reply_grows_in_place_after_a_typing_indicator(peer, engine):
-    from gateway.conversation.responders.openai import OpenAIResponder
-    from tests.peers.llm import ChatCompletionsPeer
-
-    model = ChatCompletionsPeer()
-    model.reply = "Your budget is five thousand dollars, as you told me on the web."
-    model.chunk_delay = 0.02
-    engine.responder = OpenAIResponder(base_url=await model.start(), model="m", api_key=None)
-    try:
-        adapter = create(settings(peer, edit_interval=0), engine)
-        async with running(adapter, peer):
-            await peer.push(peer.message("message_create_dm", content="what's my budget?"))
-            await peer.wait_for(lambda: model.reply in peer.texts.values(), timeout=10)
-        assert peer.typing == [DM_CHANNEL_ID]
-        assert len(peer.posts) == 1 and peer.posts[0][1]["content"] != model.reply
-        assert len(peer.edits) >= 2
-    finally:
-        await engine.responder.close()
-        await model.stop()
+    adapter = create(settings(peer, edit_interval=0), engine)
+    async with streaming_model(engine) as model, running(adapter, peer):
+        await peer.push(peer.message("message_create_dm", content="what's my budget?"))
+        await peer.wait_for(lambda: model.reply in peer.texts.values(), timeout=10)
+    assert peer.typing == [DM_CHANNEL_ID]
+    assert len(peer.posts) == 1 and peer.posts[0][1]["content"] != model.reply
+    assert len(peer.edits) >= 2

@@ -22,7 +22,7 @@ from adapters.inmemory import InMemoryChannel
 from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.responders.base import Response
 from gateway.runtime.supervisor import AdapterConfigError
-from tests.helpers.responders import Gated
+from tests.helpers.responders import Gated, streaming_model
 from tests.peers.http import serving, stop
 from tests.peers.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, SlackPeer
 
@@ -485,22 +485,12 @@ async def test_an_unlinked_slack_id_is_matched_by_email_afresh(bot: Slack, engin
 
 
 async def test_a_streamed_reply_grows_in_place(engine, peer: SlackPeer):
-    from gateway.conversation.responders.openai import OpenAIResponder
-    from tests.peers.llm import ChatCompletionsPeer
-
-    model = ChatCompletionsPeer()
-    model.reply = "Your budget is five thousand dollars, as you told me on the web."
-    model.chunk_delay = 0.02
-    engine.responder = OpenAIResponder(base_url=await model.start(), model="m", api_key=None)
-    try:
-        async with running(engine, peer, edit_interval=0) as harness:
-            await harness.dm("what's my budget?", n=1)
-            for _ in range(300):
-                if model.reply in peer.texts.values():
-                    break
-                await asyncio.sleep(0.02)
-        assert len(peer.posted) == 1 and peer.posted[0]["text"] != model.reply
-        assert len(peer.updates) >= 2 and model.reply in peer.texts.values()
-    finally:
-        await engine.responder.close()
-        await model.stop()
+    async with streaming_model(engine) as model, running(engine, peer,
+                                                         edit_interval=0) as harness:
+        await harness.dm("what's my budget?", n=1)
+        for _ in range(300):
+            if model.reply in peer.texts.values():
+                break
+            await asyncio.sleep(0.02)
+    assert len(peer.posted) == 1 and peer.posted[0]["text"] != model.reply
+    assert len(peer.updates) >= 2 and model.reply in peer.texts.values()

@@ -20,7 +20,7 @@ from adapters._common import split_text
 from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.responders.base import Response
 from gateway.runtime.supervisor import AdapterConfigError
-from tests.helpers.responders import Gated
+from tests.helpers.responders import Gated, streaming_model
 from tests.peers.http import serving, stop
 from tests.peers.telegram import BOT, TOKEN, TelegramPeer
 
@@ -390,26 +390,15 @@ async def test_a_link_code_asked_for_in_a_group_is_sent_privately(bot, peer, eng
 
 
 async def test_a_streamed_reply_grows_in_place_with_typing_shown_first(engine, peer):
-    from gateway.conversation.responders.openai import OpenAIResponder
-    from tests.peers.llm import ChatCompletionsPeer
-
-    model = ChatCompletionsPeer()
-    model.reply = "Your budget is five thousand dollars, as you told me on the web."
-    model.chunk_delay = 0.02
-    engine.responder = OpenAIResponder(base_url=await model.start(), model="m", api_key=None)
-    try:
-        async with polling(engine, peer, edit_interval=0) as _:
-            await peer.push(private("what's my budget?", 101))
-            await peer.wait_for("editMessageText")
-            for _ in range(200):
-                if peer.texts.get(("4242", 1)) == model.reply:
-                    break
-                await asyncio.sleep(0.02)
-        actions = peer.calls_to("sendChatAction")
-        assert actions and actions[0]["action"] == "typing"
-        assert len(peer.sent) == 1  # one message, grown by edits
-        assert peer.sent[0]["text"] != model.reply  # it started with the first pieces
-        assert len(peer.edits) >= 2 and peer.texts[("4242", 1)] == model.reply
-    finally:
-        await engine.responder.close()
-        await model.stop()
+    async with streaming_model(engine) as model, polling(engine, peer, edit_interval=0):
+        await peer.push(private("what's my budget?", 101))
+        await peer.wait_for("editMessageText")
+        for _ in range(200):
+            if peer.texts.get(("4242", 1)) == model.reply:
+                break
+            await asyncio.sleep(0.02)
+    actions = peer.calls_to("sendChatAction")
+    assert actions and actions[0]["action"] == "typing"
+    assert len(peer.sent) == 1  # one message, grown by edits
+    assert peer.sent[0]["text"] != model.reply  # it started with the first pieces
+    assert len(peer.edits) >= 2 and peer.texts[("4242", 1)] == model.reply

@@ -162,17 +162,10 @@ class Engine:
             return reply
         completion = (Completion(key, token, {}, sent)
                       if key is not None and token is not None else None)
-        said = False
-
-        async def first_pieces(piece: str) -> None:
-            nonlocal said
-            said = True
-            assert on_delta is not None
-            await on_delta(piece)
-
+        pieces = _Pieces(on_delta) if on_delta is not None else None
         try:
             return await self._converse(formation, user_id, message, request_id, completion,
-                                        first_pieces if on_delta is not None else None)
+                                        pieces)
         except Exception as exc:
             if not is_foreign_key_violation(exc) or message.identifier is None:
                 raise
@@ -183,11 +176,11 @@ class Engine:
         user_id = await self.identity.refresh(formation, message.identifier)
         assert user_id is not None
         return await self._converse(formation, user_id, message, request_id, completion,
-                                    None if said else on_delta)
+                                    None if pieces is not None and pieces.said else pieces)
 
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
                         request_id: str, completion: Completion | None,
-                        on_delta: Delta | None = None) -> Reply:
+                        pieces: _Pieces | None = None) -> Reply:
         memory, channel, text = self.memory, message.channel, message.text
         session, loaded = await memory.turns.open(user_id, formation, channel,
                                                   message.conversation)
@@ -198,23 +191,15 @@ class Engine:
                           at)
         changes = understand(text, at).changes
         answer: str | None
-        streamed = False
-
-        async def forward(piece: str) -> None:
-            nonlocal streamed
-            streamed = True
-            assert on_delta is not None
-            await on_delta(piece)
-
         try:
-            if on_delta is not None and getattr(self.responder, "streams", False):
+            if pieces is not None and getattr(self.responder, "streams", False):
                 streaming = cast(StreamingResponder, self.responder)
-                response = await streaming.respond(context, changes, on_delta=forward)
+                response = await streaming.respond(context, changes, on_delta=pieces)
             else:
                 response = await self.responder.respond(context, changes)
             answer = response.text
         except Exception as exc:  # the apology is said, never kept as memory
-            if streamed:  # half an answer is out: say the stream broke, keep nothing
+            if pieces is not None and pieces.said:  # half an answer is out: keep nothing
                 log.warning("responder stream broke", responder=self.responder.name,
                             user_id=user_id, error=describe(exc))
                 raise StreamBrokenError(
@@ -262,6 +247,18 @@ class Engine:
             except InvalidScheduleError as exc:
                 log.warning("scheduled task refused", user_id=user_id, reason=str(exc))
         return tasks
+
+
+class _Pieces:
+    """An `on_delta` that remembers whether it has said anything yet."""
+
+    def __init__(self, on_delta: Delta) -> None:
+        self.on_delta = on_delta
+        self.said = False
+
+    async def __call__(self, piece: str) -> None:
+        self.said = True
+        await self.on_delta(piece)
 
 
 def _reply(data: dict[str, Any] | None) -> Reply:
