@@ -48,6 +48,11 @@ class Settings(BaseModel):
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
     llm_timeout: float = Field(30.0, gt=0)
+    # Recall by meaning: "local" (the extra threadline[embeddings]) or an OpenAI-compatible
+    # /embeddings endpoint (embeddings_base_url, else llm_base_url, with llm_api_key).
+    embeddings: Literal["none", "local", "openai"] = "none"
+    embeddings_model: str | None = None
+    embeddings_base_url: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin_key: SecretStr | None = None
@@ -212,6 +217,16 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
             raise ConfigError(f"{source}: a postgres connection_string starts with postgresql://")
         if url:
             values["database_url"] = url
+    embedder = ((doc.get("memory") or {}).get("embedder")) or {}
+    if embedder:
+        if not isinstance(embedder, Mapping) or embedder.get("provider") not in (
+                "local", "openai", "none"):
+            raise ConfigError(f"{source}: memory.embedder.provider must be local, openai or "
+                              "none")
+        values["embeddings"] = embedder["provider"]
+        for key in ("model", "base_url"):
+            if key in embedder:
+                values[f"embeddings_{key}"] = embedder[key]
     if (doc.get("memory") or {}).get("credentials_key"):
         values["credentials_key"] = doc["memory"]["credentials_key"]
     cache = ((doc.get("identity") or {}).get("cache")) or {}

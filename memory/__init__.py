@@ -9,6 +9,7 @@ from typing import Any
 from identity.storage import IDENTITY_SCHEMA, Database, Schema
 from memory.claims import Claims
 from memory.credentials import Credentials
+from memory.embeddings import Embedder
 from memory.sessions import Sessions
 from memory.tasks import Tasks
 from memory.turns import Turns
@@ -44,8 +45,9 @@ class Memory:
     @classmethod
     def open(cls, db: Database, *, credentials_key: bytes, idle_timeout: float = 1800,
              buffer_size: int = 20, working_limit: int = 20,
-             working_max_age: float = 86400) -> Memory:
-        users = UserMemory(db, working_limit=working_limit, working_max_age=working_max_age)
+             working_max_age: float = 86400, embedder: Embedder | None = None) -> Memory:
+        users = UserMemory(db, working_limit=working_limit, working_max_age=working_max_age,
+                           embedder=embedder)
         sessions = Sessions(db, idle_timeout=idle_timeout, buffer_size=buffer_size)
         tasks, claims = Tasks(db), Claims(db)
         return cls(users, sessions, Credentials(db, credentials_key), tasks, claims,

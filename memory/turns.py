@@ -229,6 +229,7 @@ class Turns:
             said.append(("assistant", turn.answer))
         facts = {(f.kind, f.key): f for f in turn.loaded.facts}
         recent = list(turn.loaded.recent)
+        vectors = await users.embed(changes.memories)  # before the transaction opens
         async with self.db.transaction() as tx:
             session = turn.session
             if session.is_new:
@@ -248,9 +249,10 @@ class Turns:
                 await users.set_fact(user_id, key, value, kind="preference", q=tx,
                                      source=turn.source)
                 facts[("preference", key)] = Fact("preference", key, value, now())
-            for content in changes.memories:
+            for content, vector in zip(changes.memories, vectors, strict=True):
                 metadata = {"source": "conversation", **(turn.source or {})}
-                recent.insert(0, await users.add_memory(user_id, content, metadata, q=tx))
+                recent.insert(0, await users.add_memory(user_id, content, metadata, q=tx,
+                                                        vector=vector))
             if changes.persistent:
                 ordered = sorted(facts.values(), key=lambda f: (f.kind, f.updated_at))
                 await users.save_synopsis(user_id, build_synopsis(ordered, recent[:5]), q=tx)

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+import time
+from typing import Any, Literal
+
+import numpy as np
+import structlog
 
 from identity.storage import Database
+from memory.embeddings import Embedder, EmbeddingError, from_bytes, to_bytes
 from memory.types import Fact, Memory, NotFoundError, WorkingItem, new_id, now
+
+log = structlog.get_logger("threadline.memory")
 
 # Anything with execute/fetch/fetchrow/fetchval taking $n placeholders: the Database,
 # a transaction or a connection. None means "the database, on its own".
@@ -16,14 +23,20 @@ Query = Any
 
 # Search terms: letters and digits only, so no query can speak the search syntax.
 _TERM = re.compile(r"[^\W_]+")
+# Reciprocal rank fusion: a memory's hybrid score is the sum of 1 / (K + rank) over the
+# rankings it appears in. K = 60 is the constant of Cormack et al.; smaller favours the top.
+_RRF_K = 60
+Mode = Literal["fts", "vector", "hybrid"]
 
 
 class UserMemory:
     def __init__(self, db: Database, *, working_limit: int = 20,
-                 working_max_age: float = 24 * 3600) -> None:
+                 working_max_age: float = 24 * 3600, embedder: Embedder | None = None) -> None:
         self.db = db
         self.working_limit = working_limit
         self.working_max_age = working_max_age
+        self.embedder = embedder
+        self._quiet_until = 0.0  # embedder failures: one log line a minute, not one a turn
 
     # Facts and preferences (persistent memory as key/value).
 
@@ -72,14 +85,59 @@ class UserMemory:
     # Free-text memories.
 
     async def add_memory(self, user_id: str, content: str,
-                         metadata: dict[str, Any] | None = None, *, q: Query = None) -> Memory:
+                         metadata: dict[str, Any] | None = None, *, q: Query = None,
+                         vector: bytes | None = None) -> Memory:
+        """Inside a transaction (`q`), pass the `vector` from `embed` made beforehand: no
+        model call runs while a transaction is open."""
         memory = Memory(new_id("mem"), content, metadata or {}, now())
+        if q is None and vector is None:
+            vector = (await self.embed([content]))[0]
         await (q or self.db).execute(
-            "INSERT INTO memories (id, user_id, content, metadata, created_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO memories (id, user_id, content, metadata, created_at, embedding,"
+            " embedding_model) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             memory.id, user_id, memory.content, json.dumps(memory.metadata), memory.created_at,
+            vector, self.embedder.name if vector is not None and self.embedder else None,
         )
         return memory
+
+    async def embed(self, texts: list[str]) -> list[bytes | None]:
+        """Stored forms of the texts' vectors; Nones without an embedder or when it fails
+        (the memory is still kept, found by words, and embedded later by `embed_missing`)."""
+        if self.embedder is None or not texts:
+            return [None] * len(texts)
+        try:
+            return [to_bytes(v) for v in await self.embedder.embed(texts)]
+        except EmbeddingError as exc:
+            self._embedder_failed(exc)
+            return [None] * len(texts)
+
+    def _embedder_failed(self, exc: EmbeddingError) -> None:
+        if time.monotonic() >= self._quiet_until:
+            self._quiet_until = time.monotonic() + 60
+            log.warning("embedder failed; recall falls back to full-text search", error=str(exc))
+
+    async def embed_missing(self, batch: int = 64) -> int:
+        """Embed memories stored without a vector of the current model (made before
+        embeddings were configured, while the embedder was down, or by another model).
+        Returns how many were embedded."""
+        if self.embedder is None:
+            return 0
+        done = 0
+        while True:
+            rows = await self.db.fetch(
+                "SELECT id, content FROM memories WHERE embedding IS NULL"
+                " OR embedding_model IS NULL OR embedding_model <> $1 ORDER BY id LIMIT $2",
+                self.embedder.name, batch)
+            if not rows:
+                return done
+            vectors = await self.embed([r[1] for r in rows])
+            if vectors[0] is None:
+                return done  # the embedder is down: try again at the next start
+            async with self.db.transaction() as tx:
+                for (memory_id, _), vector in zip(rows, vectors, strict=True):
+                    await tx.execute("UPDATE memories SET embedding = $2, embedding_model = $3"
+                                     " WHERE id = $1", memory_id, vector, self.embedder.name)
+            done += len(rows)
 
     async def memories(self, user_id: str, limit: int = 50, *, q: Query = None) -> list[Memory]:
         rows = await (q or self.db).fetch(
@@ -90,29 +148,71 @@ class UserMemory:
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
     async def search_memories(self, user_id: str, query: str, limit: int = 5, *,
-                              q: Query = None) -> list[Memory]:
-        """The user's memories that share (stemmed) words with the query, best first:
-        SQLite FTS5 ranked by bm25, PostgreSQL full-text search ranked by ts_rank. Only
-        this user's memories are ever searched."""
+                              mode: Mode = "hybrid") -> list[Memory]:
+        """The user's memories most relevant to `query`, best first. Only this user's
+        memories are ever searched.
+
+        Full-text: SQLite FTS5 ranked by bm25, PostgreSQL full-text search ranked by
+        ts_rank. With an embedder, also by cosine similarity of the query's vector to each
+        memory's, and the two rankings fused (`hybrid`, the default); if the embedder
+        fails, full-text alone."""
+        depth = max(limit * 4, 20)  # each ranking offers more than it keeps
+        by_words = await self._search_words(user_id, query, depth) if mode != "vector" else []
+        by_meaning: list[Memory] = []
+        if mode != "fts" and self.embedder is not None:
+            vector = (await self.embed([query]))[0]
+            if vector is not None:
+                by_meaning = await self._search_vector(user_id, vector, depth)
+        if not by_meaning:
+            return by_words[:limit]
+        if not by_words:
+            return by_meaning[:limit]
+        scores: dict[str, float] = {}
+        found: dict[str, Memory] = {}
+        for ranking in (by_words, by_meaning):
+            for rank, memory in enumerate(ranking):
+                scores[memory.id] = scores.get(memory.id, 0.0) + 1 / (_RRF_K + rank)
+                found[memory.id] = memory
+        best = sorted(scores, key=lambda i: -scores[i])[:limit]
+        return [found[i] for i in best]
+
+    async def _search_words(self, user_id: str, query: str, limit: int) -> list[Memory]:
         words = [w for w in dict.fromkeys(_TERM.findall(query.lower()))
                  if w not in _STOP_WORDS][:12]
         if not words:
             return []
         if self.db.dialect == "postgres":
-            rows = await (q or self.db).fetch(
+            rows = await self.db.fetch(
                 "SELECT id, content, metadata, created_at FROM memories"
                 " WHERE user_id = $1 AND search @@ to_tsquery('english', $2)"
                 " ORDER BY ts_rank(search, to_tsquery('english', $2)) DESC, created_at DESC"
                 " LIMIT $3",
                 user_id, " | ".join(words), limit)
         else:
-            rows = await (q or self.db).fetch(
+            rows = await self.db.fetch(
                 "SELECT m.id, m.content, m.metadata, m.created_at FROM memories_fts"
                 " JOIN memories AS m ON m.rowid = memories_fts.rowid"
                 " WHERE memories_fts MATCH $2 AND m.user_id = $1"
                 " ORDER BY bm25(memories_fts), m.created_at DESC LIMIT $3",
                 user_id, " OR ".join(f'"{w}"' for w in words), limit)
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    async def _search_vector(self, user_id: str, vector: bytes, limit: int) -> list[Memory]:
+        """Cosine similarity over the user's own vectors, computed here: a user holds
+        hundreds or thousands of memories, which one matrix product ranks in well under a
+        millisecond, and it needs no database extension."""
+        assert self.embedder is not None
+        rows = await self.db.fetch(
+            "SELECT id, content, metadata, created_at, embedding FROM memories"
+            " WHERE user_id = $1 AND embedding_model = $2",
+            user_id, self.embedder.name)
+        if not rows:
+            return []
+        similarity = from_bytes([r[4] for r in rows]) @ from_bytes([vector])[0]
+        count = min(limit, len(rows))
+        top = np.argpartition(-similarity, count - 1)[:count]
+        top = top[np.argsort(-similarity[top])]
+        return [Memory(rows[i][0], rows[i][1], json.loads(rows[i][2]), rows[i][3]) for i in top]
 
     async def delete_memory(self, user_id: str, memory_id: str) -> None:
         async with self.db.transaction() as tx:

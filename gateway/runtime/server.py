@@ -84,6 +84,8 @@ def summary(gateway: Gateway, host: str, port: int, console: Console) -> None:
     console.print(f"  store      {gateway.runtime.db.dialect}: {describe_url(settings.database)}")
     console.print(f"  cache      {describe_url(settings.cache)}")
     console.print(f"  responder  {settings.responder}")
+    embedder = gateway.runtime.memory.users.embedder
+    console.print("  recall     full-text" + (f" + meaning ({embedder.name})" if embedder else ""))
     channels = ", ".join(["api", "web", *gateway.supervisor.adapters]) or "none"
     console.print(f"  channels   {channels}")
     for name, problem in gateway.refused.items():
@@ -101,6 +103,21 @@ def summary(gateway: Gateway, host: str, port: int, console: Console) -> None:
     console.print("Press Ctrl+C to stop.")
 
 
+async def embed_missing(runtime: Runtime) -> None:
+    """Give every memory stored without a vector of the configured model one, in the
+    background: recall by words works meanwhile."""
+    users = runtime.memory.users
+    if users.embedder is None:
+        return
+    try:
+        done = await users.embed_missing()
+    except Exception:
+        log.exception("embedding stored memories failed")
+        return
+    if done:
+        log.info("embedded stored memories", count=done, model=users.embedder.name)
+
+
 async def serve(settings: Settings, host: str, port: int, console: Console) -> None:
     gateway = await build(settings)
     runtime = gateway.runtime
@@ -109,9 +126,11 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway.supervisor.start()
         scheduler = asyncio.create_task(runtime.scheduler.run(), name="scheduler")
+        embedding = asyncio.create_task(embed_missing(runtime), name="embed-missing")
         try:
             yield
         finally:
+            embedding.cancel()
             log.info("shutting down: draining channels")
             await gateway.supervisor.stop()
             runtime.scheduler.stop()

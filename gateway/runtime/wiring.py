@@ -14,6 +14,7 @@ from gateway.conversation.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
 from memory import SCHEMA, Memory
+from memory.embeddings import Embedder
 
 
 def make_responder(settings: Settings) -> Responder:
@@ -28,6 +29,21 @@ def make_responder(settings: Settings) -> Responder:
     from gateway.conversation.responders.offline import OfflineResponder
 
     return OfflineResponder()
+
+
+def make_embedder(settings: Settings) -> Embedder | None:
+    if settings.embeddings == "local":
+        from memory.embeddings import LOCAL_MODEL, LocalEmbedder
+
+        return LocalEmbedder(settings.embeddings_model or LOCAL_MODEL)
+    if settings.embeddings == "openai":
+        from memory.embeddings import OPENAI_MODEL, OpenAIEmbedder
+
+        key = settings.llm_api_key
+        return OpenAIEmbedder(base_url=settings.embeddings_base_url or settings.llm_base_url,
+                              model=settings.embeddings_model or OPENAI_MODEL,
+                              api_key=key.get_secret_value() if key else None)
+    return None
 
 
 @dataclass
@@ -58,7 +74,8 @@ class Runtime:
                                                         extra_types=settings.identity_types))
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
-                                 buffer_size=settings.session_buffer_size)
+                                 buffer_size=settings.session_buffer_size,
+                                 embedder=make_embedder(settings))
             identity.store.on_merge(memory.merge_into)  # merging users carries memory along
             responder = make_responder(settings)
         except BaseException:
@@ -81,5 +98,8 @@ class Runtime:
         responder_close = getattr(self.engine.responder, "close", None)
         if responder_close is not None:
             await responder_close()
+        embedder_close = getattr(self.memory.users.embedder, "close", None)
+        if embedder_close is not None:
+            await embedder_close()
         await self.identity.cache.close()
         await self.db.close()

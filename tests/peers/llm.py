@@ -9,6 +9,24 @@ from typing import Any
 
 from aiohttp import web
 
+# The peer's embedding model: each word belongs to a concept, one dimension per concept,
+# so texts about the same thing in different words point the same way.
+CONCEPTS = {
+    "car": "vehicle", "vehicle": "vehicle", "drive": "vehicle", "subaru": "vehicle",
+    "budget": "money", "spend": "money", "money": "money", "cost": "money", "$5,000": "money",
+    "peanuts": "allergy", "allergic": "allergy", "avoid": "allergy", "foods": "allergy",
+    "sister": "family", "sibling": "family", "brother": "family",
+}
+_DIMENSIONS = sorted(set(CONCEPTS.values())) + ["other"]
+
+
+def concept_vector(text: str) -> list[float]:
+    vector = [0.0] * len(_DIMENSIONS)
+    for word in text.lower().replace("?", " ").replace(".", " ").split():
+        vector[_DIMENSIONS.index(CONCEPTS.get(word, "other"))] += 1.0
+    vector[-1] *= 0.1  # words outside every concept barely count
+    return vector
+
 
 class ChatCompletionsPeer:
     def __init__(self) -> None:
@@ -102,6 +120,18 @@ class ChatCompletionsPeer:
         self.finished.set()
         return response
 
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "error":
+            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if self.mode == "garbage":
+            texts = texts[:-1]  # one vector short
+        return web.json_response({"object": "list", "model": body.get("model"), "data": [
+            {"object": "embedding", "index": i, "embedding": concept_vector(t)}
+            for i, t in enumerate(texts)]})
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
         if self.mode == "error":
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
@@ -112,6 +142,7 @@ class ChatCompletionsPeer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
