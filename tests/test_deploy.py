@@ -569,3 +569,15 @@ def test_systemd_unit_migrates_then_serves_and_passes_systemd_analyze(tmp_path):
     result = subprocess.run([analyze, "verify", str(tmp_path / "threadline.service")],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "threadline.service" not in result.stderr, result.stderr
+
+
+def test_readme_production_section_names_files_and_paths_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Production\n"):readme.index("## Layout\n")]
+    # Files, not `kubectl exec deploy/threadline` (a Deployment).
+    for path in set(re.findall(r"(?<![\w/])(?<!exec )deploy/[\w./-]+\w", section)):
+        made_by_the_reader = path in ("deploy/.env", "deploy/secrets.env")
+        assert (ROOT / path).exists() or made_by_the_reader, f"README names {path}"
+    secrets_file = _compose()["x-gateway"]["environment"]["THREADLINE_SECRETS_FILE"]
+    assert secrets_file in section
+    assert "up -d --build" in section and "threadline doctor" in section
