@@ -211,6 +211,7 @@ def test_compose_runs_two_gateways_after_healthy_stores_and_one_migration():
     assert migrate["depends_on"]["postgres"] == {"condition": "service_healthy"}
     for store in ("postgres", "redis"):
         assert services[store]["healthcheck"]["test"], f"{store} has no health check"
+    assert "127.0.0.1" in services["postgres"]["healthcheck"]["test"], "not the init server"
     assert services["proxy"]["depends_on"]["gateway"] == {"condition": "service_healthy"}
     for name, service in services.items():
         if "build" in service:
