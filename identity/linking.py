@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from identity import audit
 from identity.service import IdentityService
 from identity.storage import Database
 from identity.types import Identifier
@@ -59,7 +60,7 @@ class Linker:
         return code
 
     async def redeem(self, formation: str, ident: Identifier, current_user: str,
-                     code: str) -> LinkOutcome:
+                     code: str, *, actor: str | None = None) -> LinkOutcome:
         """One transaction: the try counter, the code's owner, the checks, consuming the
         code and the merge all commit together or not at all; tries by one identifier are
         serialized, so parallel wrong guesses cannot exceed the limit."""
@@ -88,7 +89,13 @@ class Linker:
             if len(others) > 1:
                 return LinkOutcome("conflict", current_user, len(others) - 1)
             await tx.execute("DELETE FROM link_codes WHERE code_hash = $1", code_hash)  # once
-            moved = await self.identity.store.merge(formation, owner, current_user, q=tx)
+            # Audited as asked by the person writing from `ident` (unless told otherwise).
+            actor = actor or f"channel:{ident.type or 'unknown'}"
+            await audit.record(tx, formation, actor, "link_code_redeemed", user_id=owner,
+                               identifier=ident, before={"user_id": current_user},
+                               after={"user_id": owner})
+            moved = await self.identity.store.merge(formation, owner, current_user, q=tx,
+                                                    actor=actor)
         await self.identity.forget(formation, moved)  # after the commit, never before
         log.info("identifier linked by code", formation=formation, user_id=owner,
                  merged=current_user, identifier_type=ident.type)

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from identity import audit
 from identity.cache import IdentityCache
 from identity.identifiers import IdentifierParser
 from identity.store import PUBLIC_ID_PREFIX, IdentityStore
@@ -101,7 +102,8 @@ class IdentityService:
         return user_id
 
     async def associate(
-        self, formation: str, identifiers: Iterable[Any], user_id: str | None = None
+        self, formation: str, identifiers: Iterable[Any], user_id: str | None = None, *,
+        actor: str = audit.INTERNAL,
     ) -> AssociateResult:
         """Link identifiers to `user_id`, or with None to their existing owner or a new user.
 
@@ -112,7 +114,7 @@ class IdentityService:
             check_user_id(user_id)
         idents = self.parser.parse_many(identifiers)
         try:
-            result = await self.store.associate(formation, idents, user_id)
+            result = await self.store.associate(formation, idents, user_id, actor=actor)
         finally:  # also after a failure: a conflict may have raced with a change
             await self.forget(formation, [i.key for i in idents])
         log.info(
@@ -128,19 +130,20 @@ class IdentityService:
         check_user_id(user_id)
         return await self.store.identifiers_of(formation, user_id)
 
-    async def unlink(self, formation: str, raw: Any) -> str:
+    async def unlink(self, formation: str, raw: Any, *, actor: str = audit.INTERNAL) -> str:
         """Remove one identifier from its user; the user and its data stay."""
         check_formation(formation)
         ident = self.parser.parse(raw)
         try:
-            owner = await self.store.unlink(formation, ident)
+            owner = await self.store.unlink(formation, ident, actor=actor)
         finally:
             await self.forget(formation, [ident.key])
         log.info("identifier unlinked", formation=formation, user_id=owner,
                  identifier_type=ident.type)
         return owner
 
-    async def merge(self, formation: str, keep: str, absorb: str) -> list[str]:
+    async def merge(self, formation: str, keep: str, absorb: str, *,
+                    actor: str = audit.INTERNAL) -> list[str]:
         """Fold user `absorb` into `keep`: its identifiers, memory, sessions, credentials and
         tasks move over (where both have a fact, `keep`'s wins) and `absorb` is deleted."""
         check_formation(formation)
@@ -148,7 +151,7 @@ class IdentityService:
         check_user_id(absorb)
         if keep == absorb:
             raise InvalidIdentifierError("cannot merge a user into itself", field="user_id")
-        moved = await self.store.merge(formation, keep, absorb)
+        moved = await self.store.merge(formation, keep, absorb, actor=actor)
         await self.forget(formation, moved)  # never raises: the merge has committed
         log.info("users merged", formation=formation, user_id=keep, merged=absorb,
                  identifiers=len(moved))

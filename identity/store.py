@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from identity import audit
 from identity.identifiers import SECRET_TYPES
 from identity.storage import Database, is_unique_violation
 from identity.types import (
@@ -180,13 +181,21 @@ class IdentityStore:
         return public_id, True
 
     async def associate(
-        self, formation: str, idents: list[Identifier], user_id: str | None
+        self, formation: str, idents: list[Identifier], user_id: str | None, *,
+        actor: str = audit.INTERNAL,
     ) -> AssociateResult:
         """Link all of `idents` to one user in one transaction, or nothing at all."""
         for attempt in range(_ATTEMPTS):
             try:
                 async with self.db.transaction() as tx:
-                    return await self._associate(tx, formation, idents, user_id)
+                    result = await self._associate(tx, formation, idents, user_id)
+                    for ident in result.linked:
+                        await audit.record(tx, formation, actor, "link",
+                                           user_id=result.user_id, identifier=ident,
+                                           before={"user_id": None},
+                                           after={"user_id": result.user_id,
+                                                  "created_user": result.created_user})
+                    return result
             except Exception as exc:
                 # A concurrent batch linked one of ours between our read and our write.
                 if not is_unique_violation(exc) or attempt == _ATTEMPTS - 1:
@@ -233,24 +242,29 @@ class IdentityStore:
                     formation, ident.key, ident.type)
         return AssociateResult(target, created, tuple(plan.to_link), tuple(plan.existing))
 
-    async def unlink(self, formation: str, ident: Identifier) -> str:
+    async def unlink(self, formation: str, ident: Identifier, *,
+                     actor: str = audit.INTERNAL) -> str:
         """Remove the link; returns the public id of the user it belonged to."""
         async with self.db.transaction() as tx:
             owner = await tx.fetchval(
                 "DELETE FROM user_identifiers WHERE formation_id = $1 AND identifier = $2"
                 " RETURNING (SELECT public_id FROM users WHERE users.id = user_id)",
                 formation, ident.key)
+            if owner is not None:
+                await audit.record(tx, formation, actor, "unlink", user_id=str(owner),
+                                   identifier=ident, before={"user_id": str(owner)},
+                                   after={"user_id": None})
         if owner is None:
             raise IdentifierNotFoundError(ident)
         return str(owner)
 
     async def merge(self, formation: str, keep: str, absorb: str, *,
-                    q: Any = None) -> list[str]:
+                    q: Any = None, actor: str = audit.INTERNAL) -> list[str]:
         """Move every identifier and all data of `absorb` to `keep`, then delete `absorb`;
         returns the moved identifier keys. One transaction (`q`'s, when given)."""
         if q is None:
             async with self.db.transaction() as tx:
-                return await self.merge(formation, keep, absorb, q=tx)
+                return await self.merge(formation, keep, absorb, q=tx, actor=actor)
         # Both users locked, in id order (no deadlock with a merge the other way round).
         rows = await q.fetch(
             "SELECT public_id, id FROM users WHERE formation_id = $1"
@@ -261,8 +275,14 @@ class IdentityStore:
             if user not in ids:
                 raise UserNotFoundError(user)
         moved = await q.fetch(
-            "UPDATE user_identifiers SET user_id = $1 WHERE user_id = $2 RETURNING identifier",
-            ids[keep], ids[absorb])
+            "UPDATE user_identifiers SET user_id = $1 WHERE user_id = $2"
+            " RETURNING identifier, type", ids[keep], ids[absorb])
+        # One record per identifier that changed owner (one without any, if none did).
+        changed: list[tuple[str, str | None] | None] = [(r[0], r[1]) for r in moved]
+        for identifier in changed or [None]:
+            await audit.record(q, formation, actor, "merge", user_id=keep,
+                               identifier=identifier, before={"user_id": absorb},
+                               after={"user_id": keep})
         for hook in self.merge_hooks:
             await hook(q, keep, absorb)
         await q.execute("DELETE FROM users WHERE id = $1", ids[absorb])

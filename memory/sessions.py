@@ -158,3 +158,38 @@ class Sessions:
                 user_id,
             )
         return len(rows)
+
+    async def clear_buffer(self, user_id: str, session_id: str) -> int:
+        """Empty one session's buffer (the session stays); 404 unless it is the user's."""
+        async with self.db.transaction() as tx:
+            owned = await tx.fetchval(
+                "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2", session_id, user_id)
+            if owned is None:
+                raise NotFoundError("session", session_id)
+            rows = await tx.fetch(
+                "DELETE FROM session_messages WHERE session_id = $1 RETURNING id", session_id)
+        return len(rows)
+
+    async def stats(self, formation: str, at: float | None = None) -> dict[str, Any]:
+        """What the session buffers of `formation` hold: sessions (all, and active now),
+        users, messages stored, messages inside the buffer window, oldest and newest."""
+        at = now() if at is None else at
+        row = await self.db.fetchrow(
+            "SELECT count(*), count(DISTINCT user_id),"
+            " coalesce(sum(CASE WHEN last_activity > $2 THEN 1 ELSE 0 END), 0)"
+            " FROM sessions WHERE formation_id = $1",
+            formation, at - self.idle_timeout)
+        messages = await self.db.fetchrow(
+            "SELECT count(*), coalesce(sum(CASE WHEN n > $2 THEN $2 ELSE n END), 0),"
+            " min(first_at), max(last_at) FROM (SELECT count(*) AS n,"
+            " min(m.created_at) AS first_at, max(m.created_at) AS last_at"
+            " FROM session_messages m JOIN sessions s ON s.id = m.session_id"
+            " WHERE s.formation_id = $1 GROUP BY m.session_id) AS per_session",
+            formation, self.buffer_size)
+        total = await self.db.fetchval(
+            "SELECT count(*) FROM session_messages m JOIN sessions s ON s.id = m.session_id"
+            " WHERE s.formation_id = $1", formation)
+        return {"sessions": int(row[0]), "users": int(row[1]), "active_sessions": int(row[2]),
+                "sessions_with_messages": int(messages[0]), "total_messages": int(total),
+                "buffered_messages": int(messages[1]), "oldest_message_at": messages[2],
+                "newest_message_at": messages[3]}

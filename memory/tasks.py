@@ -8,6 +8,7 @@ died is taken over after the lease expires.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -15,11 +16,11 @@ from typing import Any
 from croniter import croniter
 
 from identity.storage import Database
-from memory.types import InvalidScheduleError, NotFoundError, Task, new_id, now
+from memory.types import InvalidScheduleError, NotFoundError, Task, TaskStateError, new_id, now
 
 LEASE_SECONDS = 300.0
 _COLUMNS = ("id, user_id, formation_id, kind, schedule, message, next_run, status, last_run,"
-            " created_at, channel, conversation, attempts, last_error, delivered_via")
+            " created_at, channel, conversation, attempts, last_error, delivered_via, title")
 _EVERY = re.compile(r"^every\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
 _IN = re.compile(r"^in\s+(\d+)\s*(second|minute|hour|day)s?$", re.I)
 _UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -79,10 +80,10 @@ class Tasks:
     async def insert(self, task: Task, *, q: Any = None) -> Task:
         await (q or self.db).execute(
             f"INSERT INTO scheduled_tasks ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-            " $9, $10, $11, $12, $13, $14, $15)",
+            " $9, $10, $11, $12, $13, $14, $15, $16)",
             task.id, task.user_id, task.formation_id, task.kind, task.schedule, task.message,
             task.next_run, task.status, task.last_run, task.created_at, task.channel,
-            task.conversation, task.attempts, task.last_error, task.delivered_via,
+            task.conversation, task.attempts, task.last_error, task.delivered_via, task.title,
         )
         return task
 
@@ -97,8 +98,8 @@ class Tasks:
             user_id,
         )
         tasks = [_task(r) for r in rows]
-        return tasks if include_done else [t for t in tasks if t.status in ("scheduled",
-                                                                             "running", "failed")]
+        return tasks if include_done else [t for t in tasks if t.status in (
+            "scheduled", "paused", "running", "failed")]
 
     async def get(self, user_id: str, task_id: str) -> Task:
         row = await self.db.fetchrow(
@@ -113,12 +114,89 @@ class Tasks:
         async with self.db.transaction() as tx:
             found = await tx.fetchval(
                 "UPDATE scheduled_tasks SET status = 'cancelled', next_run = NULL"
-                " WHERE user_id = $1 AND id = $2 AND status IN ('scheduled', 'running')"
+                " WHERE user_id = $1 AND id = $2 AND status IN ('scheduled', 'paused', 'running')"
                 " RETURNING id",
                 user_id, task_id,
             )
         if found is None:
             raise NotFoundError("scheduled job", task_id)
+
+    async def in_formation(self, formation: str, task_id: str, *, q: Any = None) -> Task:
+        """A task of any user of `formation` (the admin API's view), locked for update
+        when read inside a PostgreSQL transaction `q`."""
+        lock = " FOR UPDATE" if q is not None and self.db.dialect == "postgres" else ""
+        row = await (q or self.db).fetchrow(
+            f"SELECT {_COLUMNS} FROM scheduled_tasks WHERE id = $1 AND formation_id = $2{lock}",
+            task_id, formation,
+        )
+        if row is None:
+            raise NotFoundError("scheduled job", task_id)
+        return _task(row)
+
+    async def pause(self, formation: str, task_id: str) -> Task:
+        """Stop a scheduled task from firing; it keeps its next run for `resume`. Pausing a
+        paused task changes nothing. A task firing right now, or finished, is refused."""
+        async with self.db.transaction() as tx:
+            task = await self.in_formation(formation, task_id, q=tx)
+            if task.status == "paused":
+                return task
+            if task.status != "scheduled":
+                raise TaskStateError(task_id, task.status, "paused")
+            await tx.execute("UPDATE scheduled_tasks SET status = 'paused' WHERE id = $1",
+                             task_id)
+        return dataclasses.replace(task, status="paused")
+
+    async def resume(self, formation: str, task_id: str, *, at: float | None = None) -> Task:
+        """Let a paused task fire again at its next due time: a recurring one skips the runs
+        it missed while paused; a one-time one whose time passed fires at once (late rather
+        than never)."""
+        at = now() if at is None else at
+        async with self.db.transaction() as tx:
+            task = await self.in_formation(formation, task_id, q=tx)
+            if task.status == "scheduled":
+                return task
+            if task.status != "paused":
+                raise TaskStateError(task_id, task.status, "resumed")
+            upcoming = task.next_run if task.next_run is not None else at
+            if task.kind == "recurring" and upcoming < at:
+                upcoming = next_run(task.kind, task.schedule, at)
+            await tx.execute(
+                "UPDATE scheduled_tasks SET status = 'scheduled', next_run = $2 WHERE id = $1",
+                task_id, upcoming)
+        return dataclasses.replace(task, status="scheduled", next_run=upcoming)
+
+    async def update(self, formation: str, task_id: str, *, schedule: str | None = None,
+                     message: str | None = None, title: str | None = None,
+                     at: float | None = None) -> Task:
+        """Change a task's schedule, message or title, validated as when it was made; a new
+        schedule sets its next run. A paused task stays paused."""
+        at = now() if at is None else at
+        if message is not None and not message.strip():
+            raise InvalidScheduleError("a task needs a message")
+        async with self.db.transaction() as tx:
+            task = await self.in_formation(formation, task_id, q=tx)
+            changed = dataclasses.replace(
+                task,
+                schedule=schedule.strip() if schedule is not None else task.schedule,
+                message=message.strip() if message is not None else task.message,
+                title=title if title is not None else task.title)
+            if schedule is not None:
+                changed = dataclasses.replace(
+                    changed, next_run=next_run(task.kind, changed.schedule, at))
+            if task.status not in ("scheduled", "paused"):
+                raise TaskStateError(task_id, task.status, "changed")
+            await tx.execute(
+                "UPDATE scheduled_tasks SET schedule = $2, message = $3, title = $4,"
+                " next_run = $5 WHERE id = $1",
+                task_id, changed.schedule, changed.message, changed.title, changed.next_run)
+        return changed
+
+    async def counts(self, formation: str) -> dict[str, int]:
+        """How many tasks of `formation` are in each state."""
+        rows = await self.db.fetch(
+            "SELECT status, count(*) FROM scheduled_tasks WHERE formation_id = $1"
+            " GROUP BY status", formation)
+        return {r[0]: int(r[1]) for r in rows}
 
     async def claim_due(self, worker: str, limit: int = 50, at: float | None = None,
                         formation: str | None = None) -> builtins.list[Task]:

@@ -33,6 +33,15 @@ class InvalidScheduleError(MemoryError_, ValueError):
     pass
 
 
+class TaskStateError(MemoryError_):
+    """The task exists but its state forbids the change (firing right now, or finished)."""
+
+    def __init__(self, task_id: str, status: str, wanted: str) -> None:
+        super().__init__(f"scheduled job {task_id} is {status}: it cannot be {wanted}")
+        self.task_id = task_id
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class Fact:
     kind: str  # "fact" or "preference"
@@ -99,7 +108,7 @@ class Task:
     schedule: str
     message: str
     next_run: float | None
-    status: str  # "scheduled", "running", "done", "failed", "cancelled"
+    status: str  # "scheduled", "paused", "running", "done", "failed", "cancelled"
     last_run: float | None
     created_at: float
     channel: str | None = None  # where it was asked: delivered there when that can reach
@@ -107,6 +116,7 @@ class Task:
     attempts: int = 0  # failed deliveries so far
     last_error: str | None = None
     delivered_via: str | None = None  # "telegram:123", or "transcript:web:tab-1"
+    title: str | None = None
 
 
 @dataclass(frozen=True)

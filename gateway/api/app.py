@@ -3,6 +3,7 @@ the web chat page."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -11,6 +12,7 @@ from starlette.convertors import register_url_convertor
 
 from gateway import __version__
 from gateway.api import (
+    routes_admin,
     routes_chat,
     routes_events,
     routes_identity,
@@ -49,7 +51,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def api_router() -> APIRouter:
     router = APIRouter(responses=ERRORS)
     for module in (routes_identity, routes_chat, routes_memory, routes_scheduler,
-                   routes_events):
+                   routes_events, routes_admin):
         router.include_router(module.router)
     # An identifier in a path may hold any character (a bad one then gets a 422 naming it).
     register_url_convertor("anypath", routes_identity.AnyPath())
@@ -70,6 +72,7 @@ def create_app(runtime: Runtime, formations: dict[str, Formation], *,
     app.state.runtime = runtime
     app.state.formations = formations
     app.state.default_formation = runtime.settings.formation_id
+    app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)
     router = api_router()
     app.include_router(router, prefix="/v1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -21,7 +22,7 @@ from identity import (
     InvalidIdentifierError,
     UserNotFoundError,
 )
-from memory.types import InvalidScheduleError, NotFoundError
+from memory.types import InvalidScheduleError, NotFoundError, TaskStateError
 
 log = structlog.get_logger("threadline.api")
 
@@ -46,6 +47,14 @@ class ApiError(ThreadlineError):
         self.message = message
         self.details = details or {}
         self.headers = headers
+
+
+def iso(at: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC (`2026-07-13T09:30:00.123456Z`), for new fields."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z")
 
 
 def request_id(request: Request) -> str:
@@ -108,6 +117,14 @@ def install_error_handlers(app: Any) -> None:
     async def bad_schedule(request: Request, exc: InvalidScheduleError) -> JSONResponse:
         return error_response(request, 422, "INVALID_PARAMS", str(exc), {
             "errors": [{"field": "schedule", "msg": str(exc), "type": "value_error"}]})
+
+    @app.exception_handler(TaskStateError)
+    async def job_state(request: Request, exc: TaskStateError) -> JSONResponse:
+        # Firing right now: a moment later it is scheduled (or done) again.
+        running = exc.status == "running"
+        return error_response(request, 409, "JOB_RUNNING" if running else "JOB_NOT_ACTIVE",
+                              str(exc), {"job_id": exc.task_id, "status": exc.status},
+                              headers={"Retry-After": "1"} if running else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -97,7 +97,8 @@ async def resolve(request: Request, body: ResolveBody, rt: Rt,
     200: {"description": "Every identifier was linked to that user already: nothing changed"}})
 async def link(request: Request, body: LinkBody, rt: Rt,
                f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
-    result = await rt.identity.associate(f.id, body.identifiers, body.muxi_user_id)
+    result = await rt.identity.associate(f.id, body.identifiers, body.muxi_user_id,
+                                         actor="admin_key")
     data = {
         "muxi_user_id": result.user_id,
         "created_user": result.created_user,
@@ -124,7 +125,8 @@ async def identifiers(request: Request, user_id: str, rt: Rt,
 
 async def unlink(request: Request, identifier: str, rt: Rt,
                  f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
-    owner = await rt.identity.unlink(f.id, _path_identifier(rt.identity, identifier))
+    owner = await rt.identity.unlink(f.id, _path_identifier(rt.identity, identifier),
+                                     actor="admin_key")
     return ok(request, {"message": "identifier unlinked", "muxi_user_id": owner},
               obj="user_identifiers", type_="user.identifiers.unlinked")
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import client_access, require_user, runtime
-from gateway.api.envelope import Text, ok
+from gateway.api.deps import admin_access, client_access, require_user, runtime
+from gateway.api.envelope import Text, iso, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import NotFoundError, Session
@@ -18,6 +18,7 @@ from memory.types import NotFoundError, Session
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
 Client = Annotated[Formation, Depends(client_access)]
+Admin = Annotated[Formation, Depends(admin_access)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -133,6 +134,45 @@ async def clear_buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
     cleared = await rt.memory.sessions.clear_buffers(user)
     return ok(request, {"user_id": user, "cleared_messages": cleared},
               obj="buffer", type_="memory.buffer.cleared")
+
+
+@router.delete("/memory/buffer/{session_id}", tags=["memory"])
+async def clear_session_buffer(request: Request, session_id: str, rt: Rt,
+                               f: Client) -> JSONResponse:
+    """Empty one of the user's sessions (404 for another user's); the session stays."""
+    user = await require_user(request, f, rt)
+    cleared = await rt.memory.sessions.clear_buffer(user, session_id)
+    return ok(request, {"user_id": user, "session_id": session_id,
+                        "cleared_messages": cleared},
+              obj="buffer", type_="memory.buffer.session_cleared")
+
+
+@router.get("/memory", tags=["memory"])
+async def memory_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
+    """How memory is kept: the per-session buffer, the per-user working memory across
+    channels, and persistent memory (facts, preferences, notes) in the database."""
+    sessions, users = rt.memory.sessions, rt.memory.users
+    return ok(request, {
+        "formation_id": f.id,
+        "buffer": {"size": sessions.buffer_size,
+                   "session_idle_timeout_seconds": sessions.idle_timeout},
+        "working": {"limit": users.working_limit, "max_age_seconds": users.working_max_age,
+                    "shared_across_channels": True},
+        "persistent": {"backend": rt.db.dialect,
+                       "kinds": ["fact", "preference", "note"],
+                       "search": "full_text", "user_synopsis": True},
+    }, obj="memory_config", type_="memory.config")
+
+
+@router.get("/memory/stats", tags=["memory"])
+async def buffer_stats(request: Request, rt: Rt, f: Admin) -> JSONResponse:
+    """What this formation's session buffers hold now."""
+    stats = await rt.memory.sessions.stats(f.id)
+    return ok(request, {
+        "formation_id": f.id, "buffer_size": rt.memory.sessions.buffer_size, **stats,
+        "oldest_message_at": iso(stats["oldest_message_at"]),
+        "newest_message_at": iso(stats["newest_message_at"]),
+    }, obj="buffer_stats", type_="memory.stats")
 
 
 @router.get("/sessions", tags=["sessions"])

@@ -1,4 +1,5 @@
-"""/scheduler/jobs: reminders and recurring messages (admin key; user in the body/query)."""
+"""/scheduler and /scheduler/jobs: reminders and recurring messages (admin key; user in the
+body/query)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway.api.deps import admin_access, identify, require_user, runtime
 from gateway.api.envelope import ApiError, Text, ok
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
+from memory.tasks import LEASE_SECONDS
 from memory.types import Task
 
 router = APIRouter()
@@ -27,19 +29,41 @@ class JobBody(BaseModel):
     user_id: Text | None = Field(None, max_length=512)
 
 
+class JobChange(BaseModel):
+    """What `update_scheduler_job` sends: any of message, schedule and title."""
+
+    model_config = ConfigDict(extra="ignore")
+    schedule: Text | None = Field(None, min_length=1, max_length=200)
+    message: Text | None = Field(None, min_length=1, max_length=5000)
+    title: Text | None = Field(None, max_length=200)
+
+
 def _job(t: Task) -> dict[str, Any]:
+    # A paused job has no next run until it is resumed (its due time is kept meanwhile).
     return {"id": t.id, "type": t.kind, "schedule": t.schedule, "message": t.message,
-            "user_id": t.user_id, "next_run": t.next_run, "status": t.status,
-            "last_run": t.last_run, "created_at": t.created_at, "attempts": t.attempts,
-            "last_error": t.last_error, "delivered_via": t.delivered_via}
+            "title": t.title, "user_id": t.user_id,
+            "next_run": None if t.status == "paused" else t.next_run, "status": t.status,
+            "paused": t.status == "paused", "last_run": t.last_run,
+            "created_at": t.created_at, "attempts": t.attempts, "last_error": t.last_error,
+            "delivered_via": t.delivered_via}
 
 
-async def _owned(rt: Runtime, f: Formation, job_id: str) -> Task:
-    row = await rt.db.fetchrow(
-        "SELECT user_id FROM scheduled_tasks WHERE id = $1 AND formation_id = $2", job_id, f.id)
-    if row is None:
-        raise ApiError(404, "NOT_FOUND", f"no scheduled job {job_id}")
-    return await rt.memory.tasks.get(row[0], job_id)
+@router.get("/scheduler", tags=["scheduler"])
+async def scheduler_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
+    """How this gateway fires jobs, and how many jobs of this formation are in each state."""
+    s = rt.scheduler
+    return ok(request, {
+        "running": s.running,  # False: this process fires nothing (e.g. API-only)
+        "interval_seconds": s.interval,
+        "lease_seconds": LEASE_SECONDS,
+        "retry": {"first_delay_seconds": s.backoff.first, "max_delay_seconds": s.backoff.cap,
+                  "max_attempts": s.backoff.max_attempts},
+        "job_types": ["one_time", "recurring"],
+        "schedule_formats": {
+            "one_time": ["ISO 8601 time", "in N seconds|minutes|hours|days"],
+            "recurring": ["5-field cron expression", "every N minutes|hours|days"]},
+        "jobs": await rt.memory.tasks.counts(f.id),
+    }, obj="scheduler", type_="scheduler.config")
 
 
 @router.get("/scheduler/jobs", tags=["scheduler"])
@@ -63,12 +87,42 @@ async def create_job(request: Request, body: JobBody, rt: Rt, f: Admin) -> JSONR
 
 @router.get("/scheduler/jobs/{job_id}", tags=["scheduler"])
 async def job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
-    return ok(request, _job(await _owned(rt, f, job_id)), obj="job", type_="scheduler.job")
+    return ok(request, _job(await rt.memory.tasks.in_formation(f.id, job_id)), obj="job",
+              type_="scheduler.job")
+
+
+@router.put("/scheduler/jobs/{job_id}", tags=["scheduler"], responses={
+    409: {"description": "The job is firing right now (JOB_RUNNING) or finished "
+                         "(JOB_NOT_ACTIVE)"}})
+async def update_job(request: Request, job_id: str, body: JobChange, rt: Rt,
+                     f: Admin) -> JSONResponse:
+    if body.schedule is None and body.message is None and body.title is None:
+        raise ApiError(422, "INVALID_PARAMS", "body: give message, schedule or title",
+                       {"errors": [{"field": "body", "msg": "nothing to change",
+                                    "type": "missing"}]})
+    task = await rt.memory.tasks.update(f.id, job_id, schedule=body.schedule,
+                                        message=body.message, title=body.title)
+    return ok(request, _job(task), obj="job", type_="scheduler.job.updated")
+
+
+@router.post("/scheduler/jobs/{job_id}/pause", tags=["scheduler"])
+async def pause_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
+    """A paused job never fires; pausing it again changes nothing."""
+    task = await rt.memory.tasks.pause(f.id, job_id)
+    return ok(request, _job(task), obj="job", type_="scheduler.job.paused")
+
+
+@router.post("/scheduler/jobs/{job_id}/resume", tags=["scheduler"])
+async def resume_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
+    """It fires at its next due time: a recurring job skips the runs it missed; a one-time
+    job whose time passed while paused fires at once."""
+    task = await rt.memory.tasks.resume(f.id, job_id)
+    return ok(request, _job(task), obj="job", type_="scheduler.job.resumed")
 
 
 @router.delete("/scheduler/jobs/{job_id}", tags=["scheduler"])
 async def delete_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
-    task = await _owned(rt, f, job_id)
+    task = await rt.memory.tasks.in_formation(f.id, job_id)
     await rt.memory.tasks.cancel(task.user_id, job_id)
     return ok(request, {"id": job_id, "deleted": True}, obj="job",
               type_="scheduler.job.deleted")

@@ -141,7 +141,7 @@ def users_link(
         fid = _formation(rt, formation)
         try:
             result = await rt.identity.associate(fid, [_parse_identifier(i) for i in identifiers],
-                                                 user)
+                                                 user, actor="cli")
         except IdentifierConflictError as exc:
             raise IdentityError(
                 f"{exc}. Both are users already; to make them one person (identifiers and "
@@ -162,7 +162,7 @@ def users_unlink(identifier: str, formation: str = FormationOption):
 
     async def work(rt: Runtime) -> None:
         owner = await rt.identity.unlink(_formation(rt, formation),
-                                         _parse_identifier(identifier))
+                                         _parse_identifier(identifier), actor="cli")
         out.print(f"unlinked {identifier} from {owner}")
 
     _run(work)
@@ -198,7 +198,7 @@ def users_merge(keep: str = typer.Argument(..., help="The user that stays (usr_â
     """Fold one user into another: identifiers, memory, sessions, credentials, tasks."""
 
     async def work(rt: Runtime) -> None:
-        moved = await rt.identity.merge(_formation(rt, formation), keep, absorb)
+        moved = await rt.identity.merge(_formation(rt, formation), keep, absorb, actor="cli")
         out.print(f"merged {absorb} into {keep}; moved {len(moved)} identifier(s)")
 
     _run(work)

@@ -79,7 +79,9 @@ async def run_command(text: str, *, formation: str, identifier: object, user_id:
         items = await identity.identifiers_of(formation, user_id)
         return Answer("You are linked on:\n" + _numbered(items))
     if match := _UNLINK.match(text):
-        return await _unlink(match.group(1), formation, user_id, identity)
+        # Audited as asked by the person, named by the type of identifier they wrote from.
+        actor = f"channel:{identity.parse(identifier).type or 'unknown'}"
+        return await _unlink(match.group(1), formation, user_id, identity, actor)
     if match := _REDEEM.match(text):
         return await _redeem(match.group(1), formation, identifier, user_id, identity, linker)
     code = await linker.issue(formation, user_id)
@@ -96,7 +98,7 @@ def _numbered(items: list[LinkedIdentifier]) -> str:
 
 
 async def _unlink(number: str | None, formation: str, user_id: str,
-                  identity: IdentityService) -> Answer:
+                  identity: IdentityService, actor: str) -> Answer:
     items = await identity.identifiers_of(formation, user_id)
     if number is None or not 1 <= int(number) <= len(items):
         return Answer("Your linked channels:\n" + _numbered(items) + "\nSend /unlink N to "
@@ -106,7 +108,7 @@ async def _unlink(number: str | None, formation: str, user_id: str,
     item = items[int(number) - 1]
     if item.type == "api_key":  # listed by fingerprint only: the key itself is not known
         return Answer("An API key is unlinked by the operator (threadline users unlink).")
-    await identity.unlink(formation, (item.identifier, item.type))
+    await identity.unlink(formation, (item.identifier, item.type), actor=actor)
     return Answer(f"Unlinked {item.type or 'other'}: {mask(item)}. It no longer reaches your "
                   "memory; messages from it start afresh.")
 

@@ -46,6 +46,7 @@ class Scheduler:
         self.backoff = backoff or Backoff()
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stopped = asyncio.Event()
+        self.running = False  # while `run` is looping (the admin API reports it)
 
     async def run_once(self, at: float | None = None) -> int:
         """Fire every due task once; returns how many were delivered."""
@@ -112,15 +113,19 @@ class Scheduler:
         return False
 
     async def run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - the next pass tries again
-                log.warning("scheduler pass failed", error=describe(exc))
-            try:
-                await asyncio.wait_for(self._stopped.wait(), self.interval)
-            except TimeoutError:
-                pass
+        self.running = True
+        try:
+            while not self._stopped.is_set():
+                try:
+                    await self.run_once()
+                except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                    log.warning("scheduler pass failed", error=describe(exc))
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), self.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            self.running = False
 
     def stop(self) -> None:
         self._stopped.set()
