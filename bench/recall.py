@@ -42,8 +42,9 @@ async def evaluate(url: str, embedder: Embedder, big: int) -> dict[str, Any]:
     for name, pairs in PAIRS.items():
         owners[name] = await _new_user(db)
         # Distractors first, the user's own notes after: recency never helps the answer.
-        for text in [*DISTRACTORS, *(m for m, _ in pairs)]:
-            await users.add_memory(owners[name], text)
+        texts = [*DISTRACTORS, *(m for m, _ in pairs)]
+        for text, vector in zip(texts, await users.embed(texts), strict=True):
+            await users.add_memory(owners[name], text, vector=vector)
     result: dict[str, Any] = {}
     misses: dict[str, list[str]] = {mode: [] for mode in MODES}
     for mode in MODES:

@@ -71,6 +71,11 @@ class LocalEmbedder:
             raise EmbeddingError("local embeddings need the extra: pip install "
                                  "'threadline[embeddings]'") from None
         try:
+            import torch
+
+            # One thread: a turn embeds a sentence or two, and more threads only fight the
+            # event loop and the database for the same cores.
+            torch.set_num_threads(1)
             path = _packaged_model(self._model_name)
             return SentenceTransformer(path, device="cpu")
         except EmbeddingError:
