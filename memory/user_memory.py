@@ -23,9 +23,8 @@ Query = Any
 
 # Search terms: letters and digits only, so no query can speak the search syntax.
 _TERM = re.compile(r"[^\W_]+")
-# Reciprocal rank fusion: a memory's hybrid score is the sum of 1 / (K + rank) over the
-# rankings it appears in. K = 60 is the constant of Cormack et al.; smaller favours the top.
-_RRF_K = 60
+# What the best full-text match adds to a cosine similarity in hybrid ranking.
+_WORDS_WEIGHT = 0.05
 Mode = Literal["fts", "vector", "hybrid"]
 
 
@@ -158,21 +157,26 @@ class UserMemory:
         fails, full-text alone."""
         depth = max(limit * 4, 20)  # each ranking offers more than it keeps
         by_words = await self._search_words(user_id, query, depth) if mode != "vector" else []
-        by_meaning: list[Memory] = []
+        by_meaning: list[tuple[Memory, float]] = []
         if mode != "fts" and self.embedder is not None:
             vector = (await self.embed([query]))[0]
             if vector is not None:
                 by_meaning = await self._search_vector(user_id, vector, depth)
+        if not by_words:
+            return [m for m, _ in by_meaning[:limit]]
         if not by_meaning:
             return by_words[:limit]
-        if not by_words:
-            return by_meaning[:limit]
-        scores: dict[str, float] = {}
-        found: dict[str, Memory] = {}
-        for ranking in (by_words, by_meaning):
-            for rank, memory in enumerate(ranking):
-                scores[memory.id] = scores.get(memory.id, 0.0) + 1 / (_RRF_K + rank)
-                found[memory.id] = memory
+        # Hybrid: the cosine similarity, plus a small bonus by full-text rank (the top word
+        # match gets _WORDS_WEIGHT). Similarities of close candidates differ by a few
+        # hundredths, so the bonus breaks near-ties towards shared words without letting a
+        # chance word match (a common verb) outrank a clearly closer meaning.
+        scores = {m.id: similarity for m, similarity in by_meaning}
+        found = {m.id: m for m, _ in by_meaning}
+        floor = min(scores.values())
+        for rank, memory in enumerate(by_words):
+            bonus = _WORDS_WEIGHT * (1 - rank / len(by_words))
+            scores[memory.id] = scores.get(memory.id, floor) + bonus
+            found[memory.id] = memory
         best = sorted(scores, key=lambda i: -scores[i])[:limit]
         return [found[i] for i in best]
 
@@ -197,7 +201,8 @@ class UserMemory:
                 user_id, " OR ".join(f'"{w}"' for w in words), limit)
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    async def _search_vector(self, user_id: str, vector: bytes, limit: int) -> list[Memory]:
+    async def _search_vector(self, user_id: str, vector: bytes,
+                             limit: int) -> list[tuple[Memory, float]]:
         """Cosine similarity over the user's own vectors, computed here: a user holds
         hundreds or thousands of memories, which one matrix product ranks in well under a
         millisecond, and it needs no database extension."""
@@ -212,7 +217,8 @@ class UserMemory:
         count = min(limit, len(rows))
         top = np.argpartition(-similarity, count - 1)[:count]
         top = top[np.argsort(-similarity[top])]
-        return [Memory(rows[i][0], rows[i][1], json.loads(rows[i][2]), rows[i][3]) for i in top]
+        return [(Memory(rows[i][0], rows[i][1], json.loads(rows[i][2]), rows[i][3]),
+                 float(similarity[i])) for i in top]
 
     async def delete_memory(self, user_id: str, memory_id: str) -> None:
         async with self.db.transaction() as tx:
