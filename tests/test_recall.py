@@ -123,6 +123,7 @@ async def test_settings_choose_the_embedder(tmp_path, peer):
     made = make_embedder(Settings(data_dir=tmp_path, embeddings="openai",
                                   embeddings_base_url=peer.url))
     assert made is not None and made.name == "openai:text-embedding-3-small"
+    await made.close()
     formation = tmp_path / "formation.yaml"
     formation.write_text("memory:\n  embedder:\n    provider: local\n")
     settings = load_settings({"THREADLINE_FORMATION_FILE": str(formation)})
