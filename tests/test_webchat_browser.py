@@ -184,3 +184,38 @@ async def test_a_reminder_appears_live_and_the_conversation_survives_a_reload(
         runtime.scheduler.stop()
         await scheduler
     assert not problems, problems
+
+
+async def test_the_first_piece_of_a_model_reply_shows_before_the_model_has_finished(
+        serve, chromium) -> None:  # noqa: F811
+    from playwright.async_api import expect
+
+    from gateway.conversation.responders.openai import OpenAIResponder
+    from tests.peers.llm import ChatCompletionsPeer
+
+    peer = ChatCompletionsPeer()
+    peer.reply = "Your budget is five thousand dollars, as you told me."
+    await peer.start()
+    url, runtime = await serve()
+    runtime.engine.responder = OpenAIResponder(base_url=peer.url, model="test-model",
+                                               api_key=None, timeout=5)
+    peer.released.clear()  # the model holds back its last piece until we let it go
+    problems: list[str] = []
+    try:
+        async with opened(chromium, url, problems) as page:
+            await page.goto(url + "/")
+            await page.locator("#identity").fill("streamer@example.com")
+            await page.locator("#message").fill("what's my budget?")
+            await page.locator("#message").press("Enter")
+            bubble = page.locator(".msg.assistant")
+            await expect(bubble).to_contain_text("Your budget")  # a piece is on the page
+            assert not peer.finished.is_set()  # ...while the model is still writing
+            assert await bubble.get_attribute("data-state") != "done"
+            peer.released.set()
+            await expect(page.locator(".msg.assistant[data-state=done]")).to_have_text(
+                peer.reply)
+    finally:
+        peer.released.set()
+        await runtime.engine.responder.close()
+        await peer.stop()
+    assert not problems, problems
