@@ -3,6 +3,7 @@ working memory. Everything here is keyed by the public user id."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -156,12 +157,18 @@ class UserMemory:
         memory's, and the two rankings fused (`hybrid`, the default); if the embedder
         fails, full-text alone."""
         depth = max(limit * 4, 20)  # each ranking offers more than it keeps
-        by_words = await self._search_words(user_id, query, depth) if mode != "vector" else []
         by_meaning: list[tuple[Memory, float]] = []
-        if mode != "fts" and self.embedder is not None:
-            vector = (await self.embed([query]))[0]
-            if vector is not None:
-                by_meaning = await self._search_vector(user_id, vector, depth)
+        if mode == "fts" or self.embedder is None:
+            by_words = await self._search_words(user_id, query, depth)
+        else:
+            # Embedding the question is most of the time: the database reads (the word
+            # ranking and the user's vectors) run while the model works.
+            words, vectors, asked = await asyncio.gather(
+                self._search_words(user_id, query, depth) if mode != "vector" else _none(),
+                self._vectors(user_id), self.embed([query]))
+            by_words = words
+            if asked[0] is not None and vectors[0]:
+                by_meaning = await self._rank_vectors(vectors, asked[0], depth)
         if not by_words:
             return [m for m, _ in by_meaning[:limit]]
         if not by_meaning:
@@ -201,24 +208,38 @@ class UserMemory:
                 user_id, " OR ".join(f'"{w}"' for w in words), limit)
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    async def _search_vector(self, user_id: str, vector: bytes,
-                             limit: int) -> list[tuple[Memory, float]]:
-        """Cosine similarity over the user's own vectors, computed here: a user holds
-        hundreds or thousands of memories, which one matrix product ranks in well under a
-        millisecond, and it needs no database extension."""
+    async def _vectors(self, user_id: str) -> tuple[list[str], list[bytes]]:
+        """The ids and vectors of the user's memories embedded by the current model."""
         assert self.embedder is not None
         rows = await self.db.fetch(
-            "SELECT id, content, metadata, created_at, embedding FROM memories"
-            " WHERE user_id = $1 AND embedding_model = $2",
+            "SELECT id, embedding FROM memories WHERE user_id = $1 AND embedding_model = $2",
             user_id, self.embedder.name)
-        if not rows:
-            return []
-        similarity = from_bytes([r[4] for r in rows]) @ from_bytes([vector])[0]
-        count = min(limit, len(rows))
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    async def _rank_vectors(self, vectors: tuple[list[str], list[bytes]], asked: bytes,
+                            limit: int) -> list[tuple[Memory, float]]:
+        """Cosine similarity over the user's own vectors, computed here: a user holds
+        hundreds or thousands of memories, which one matrix product ranks in well under a
+        millisecond, and it needs no database extension. Only the best rows are read whole."""
+        ids, blobs = vectors
+        similarity = from_bytes(blobs) @ from_bytes([asked])[0]
+        count = min(limit, len(ids))
         top = np.argpartition(-similarity, count - 1)[:count]
         top = top[np.argsort(-similarity[top])]
-        return [(Memory(rows[i][0], rows[i][1], json.loads(rows[i][2]), rows[i][3]),
-                 float(similarity[i])) for i in top]
+        chosen = [ids[i] for i in top]
+        rows = await self.db.fetch(
+            "SELECT id, content, metadata, created_at FROM memories"
+            f" WHERE id {self._in(1, len(chosen))}", *self._list(chosen))
+        found = {r[0]: Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows}
+        return [(found[ids[i]], float(similarity[i])) for i in top if ids[i] in found]
+
+    def _in(self, start: int, count: int) -> str:
+        if self.db.dialect == "postgres":
+            return f"= ANY(${start}::text[])"
+        return "IN (" + ", ".join(f"${start + i}" for i in range(count)) + ")"
+
+    def _list(self, values: list[str]) -> tuple[Any, ...]:
+        return (values,) if self.db.dialect == "postgres" else tuple(values)
 
     async def delete_memory(self, user_id: str, memory_id: str) -> None:
         async with self.db.transaction() as tx:
@@ -314,3 +335,7 @@ def build_synopsis(facts: list[Fact], memories: list[Memory]) -> str:
     if memories:
         parts.append("Notes: " + "; ".join(m.content for m in memories[:5]) + ".")
     return " ".join(parts)[:1000]
+
+
+async def _none() -> list[Memory]:
+    return []
