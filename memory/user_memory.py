@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from collections import OrderedDict
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +38,7 @@ class UserMemory:
         self.working_max_age = working_max_age
         self.embedder = embedder
         self._quiet_until = 0.0  # embedder failures: one log line a minute, not one a turn
+        self._vectors_cache = VectorCache()
 
     # Facts and preferences (persistent memory as key/value).
 
@@ -167,8 +169,8 @@ class UserMemory:
                 self._search_words(user_id, query, depth) if mode != "vector" else _none(),
                 self._vectors(user_id), self.embed([query]))
             by_words = words
-            if asked[0] is not None and vectors[0]:
-                by_meaning = await self._rank_vectors(vectors, asked[0], depth)
+            if asked[0] is not None and vectors.memories:
+                by_meaning = vectors.rank(asked[0], depth)
         if not by_words:
             return [m for m, _ in by_meaning[:limit]]
         if not by_meaning:
@@ -208,38 +210,27 @@ class UserMemory:
                 user_id, " OR ".join(f'"{w}"' for w in words), limit)
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    async def _vectors(self, user_id: str) -> tuple[list[str], list[bytes]]:
-        """The ids and vectors of the user's memories embedded by the current model."""
+    async def _vectors(self, user_id: str) -> UserVectors:
+        """The user's memories embedded by the current model, with their vectors.
+
+        Kept in process between recalls (a thousand memories are 1.5 MB to read): the
+        cheap stamp (how many, the newest, the sum of their times) changes with any
+        memory added, embedded or deleted, here or in another process."""
         assert self.embedder is not None
+        row = await self.db.fetchrow(
+            "SELECT count(*), max(created_at), sum(created_at) FROM memories"
+            " WHERE user_id = $1 AND embedding_model = $2", user_id, self.embedder.name)
+        stamp = (int(row[0]), row[1], row[2])
+        cached = self._vectors_cache.get(user_id, stamp)
+        if cached is not None:
+            return cached
         rows = await self.db.fetch(
-            "SELECT id, embedding FROM memories WHERE user_id = $1 AND embedding_model = $2",
-            user_id, self.embedder.name)
-        return [r[0] for r in rows], [r[1] for r in rows]
-
-    async def _rank_vectors(self, vectors: tuple[list[str], list[bytes]], asked: bytes,
-                            limit: int) -> list[tuple[Memory, float]]:
-        """Cosine similarity over the user's own vectors, computed here: a user holds
-        hundreds or thousands of memories, which one matrix product ranks in well under a
-        millisecond, and it needs no database extension. Only the best rows are read whole."""
-        ids, blobs = vectors
-        similarity = from_bytes(blobs) @ from_bytes([asked])[0]
-        count = min(limit, len(ids))
-        top = np.argpartition(-similarity, count - 1)[:count]
-        top = top[np.argsort(-similarity[top])]
-        chosen = [ids[i] for i in top]
-        rows = await self.db.fetch(
-            "SELECT id, content, metadata, created_at FROM memories"
-            f" WHERE id {self._in(1, len(chosen))}", *self._list(chosen))
-        found = {r[0]: Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows}
-        return [(found[ids[i]], float(similarity[i])) for i in top if ids[i] in found]
-
-    def _in(self, start: int, count: int) -> str:
-        if self.db.dialect == "postgres":
-            return f"= ANY(${start}::text[])"
-        return "IN (" + ", ".join(f"${start + i}" for i in range(count)) + ")"
-
-    def _list(self, values: list[str]) -> tuple[Any, ...]:
-        return (values,) if self.db.dialect == "postgres" else tuple(values)
+            "SELECT id, content, metadata, created_at, embedding FROM memories"
+            " WHERE user_id = $1 AND embedding_model = $2", user_id, self.embedder.name)
+        found = UserVectors([Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows],
+                            from_bytes([r[4] for r in rows]) if rows else None)
+        self._vectors_cache.put(user_id, stamp, found)
+        return found
 
     async def delete_memory(self, user_id: str, memory_id: str) -> None:
         async with self.db.transaction() as tx:
@@ -339,3 +330,52 @@ def build_synopsis(facts: list[Fact], memories: list[Memory]) -> str:
 
 async def _none() -> list[Memory]:
     return []
+
+
+class UserVectors:
+    """One user's memories and their vectors as one matrix (row i is memories[i])."""
+
+    def __init__(self, memories: list[Memory], matrix: np.ndarray | None) -> None:
+        self.memories, self.matrix = memories, matrix
+        self.size = (0 if matrix is None else matrix.nbytes) + sum(
+            200 + len(m.content) for m in memories)
+
+    def rank(self, asked: bytes, limit: int) -> list[tuple[Memory, float]]:
+        """Cosine similarity over the user's own vectors, computed here: a thousand
+        memories rank in well under a millisecond, with no database extension."""
+        assert self.matrix is not None
+        similarity = self.matrix @ from_bytes([asked])[0]
+        count = min(limit, len(self.memories))
+        top = np.argpartition(-similarity, count - 1)[:count]
+        top = top[np.argsort(-similarity[top])]
+        return [(self.memories[i], float(similarity[i])) for i in top]
+
+
+class VectorCache:
+    """Users' vectors by user id, least recently used out first, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self._entries: OrderedDict[str, tuple[Any, UserVectors]] = OrderedDict()
+
+    def get(self, user_id: str, stamp: Any) -> UserVectors | None:
+        entry = self._entries.get(user_id)
+        if entry is None or entry[0] != stamp:
+            return None
+        self._entries.move_to_end(user_id)
+        return entry[1]
+
+    def put(self, user_id: str, stamp: Any, found: UserVectors) -> None:
+        self.drop(user_id)
+        if found.size > self.max_bytes:
+            return
+        self._entries[user_id] = (stamp, found)
+        self.size += found.size
+        while self.size > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.size -= dropped.size
+
+    def drop(self, user_id: str) -> None:
+        entry = self._entries.pop(user_id, None)
+        if entry is not None:
+            self.size -= entry[1].size

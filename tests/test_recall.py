@@ -178,3 +178,25 @@ async def test_the_local_model_finds_paraphrases_offline(engine, monkeypatch):
     vectors = await local.embed(["a car", "a vehicle", "a sandwich"])
     assert vectors.shape == (3, 384)
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
+
+
+async def test_recall_sees_memories_added_and_deleted_by_another_process(users, engine,
+                                                                          embedder):
+    """Vectors are kept in process between recalls; a change made through another
+    process's memory (another UserMemory on the same database) shows at the next one."""
+    from memory.user_memory import UserMemory
+
+    web = InMemoryChannel(engine, "web")
+    alice = (await web.push("a@x.co", "remember that my sister lives in Lyon")).user_id
+    assert [m.content for m in await users.search_memories(alice, "my car?", limit=1,
+                                                           mode="vector")] == [
+        "my sister lives in Lyon"]
+    other = UserMemory(users.db, embedder=embedder)
+    car = await other.add_memory(alice, "I drive a Subaru")
+    assert [m.content for m in await users.search_memories(alice, "my car?", limit=1,
+                                                           mode="vector")] == [
+        "I drive a Subaru"]
+    await other.delete_memory(alice, car.id)
+    assert [m.content for m in await users.search_memories(alice, "my car?", limit=2,
+                                                           mode="vector")] == [
+        "my sister lives in Lyon"]
