@@ -53,6 +53,21 @@ async def test_a_failing_model_gets_an_apology_and_nothing_is_lost(llm_engine, p
     assert [m.role for m in buffer] == ["user"]  # the apology is said, never kept
 
 
+async def test_a_model_that_is_down_gets_an_apology_and_the_rules_still_remember(engine,
+                                                                                 peer):
+    url = peer.url
+    await peer.stop()  # nothing listens there now: every request is refused
+    responder = OpenAIResponder(base_url=url, model="test-model", api_key=None, timeout=0.5)
+    engine.responder = responder
+    try:
+        web = InMemoryChannel(engine, "web")
+        reply = await web.push("down@x.co", "my budget is $12")
+        assert reply.text.startswith("Sorry")
+        assert (await engine.memory.users.get_fact(reply.user_id, "budget")).value == "$12"
+    finally:
+        await responder.close()
+
+
 async def test_the_model_decides_what_to_remember_and_it_is_recalled_on_another_channel(
         llm_engine, peer, identity, formation):
     telegram, slack = InMemoryChannel(llm_engine, "telegram"), InMemoryChannel(llm_engine, "slack")
