@@ -1,5 +1,5 @@
 """The audit log: who changed which identifiers of which user (link, unlink, merge, code
-redemption). Each record is written in the change's own transaction, so a change and its
+redemption, erasure). Each record is written in the change's own transaction, so a change and its
 record commit together; the table refuses updates and deletes.
 
 `actor` says who asked: `admin_key` (the formation API), `cli`, `channel:<type>` (a person's
@@ -7,6 +7,7 @@ own /link or /unlink, named by the type of the identifier they wrote from) or `i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from identity.storage import Database
 from identity.types import Identifier
 
 INTERNAL = "internal"
+ERASED = '{"erased": true}'  # the only state a blanked record may hold (migration 0004)
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class AuditEntry:
     id: int
     at: float
     actor: str
-    action: str  # link, unlink, merge, link_code_redeemed
+    action: str  # link, unlink, merge, link_code_redeemed, erase
     user_id: str | None
     identifier: str | None  # as listings show it: secret ones by fingerprint only
     identifier_type: str | None
@@ -53,6 +55,33 @@ async def record(q: Any, formation: str, actor: str, action: str, *, user_id: st
         formation, time.time(), actor, action, user_id, key, kind,
         None if before is None else json.dumps(before),
         None if after is None else json.dumps(after))
+
+
+def user_ref(user_id: str) -> str:
+    """What the record of an erasure keeps of the user: a one-way digest of the (random)
+    public id, so an operator holding the id can show it was erased, and nobody can go
+    from the record back to the person."""
+    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+async def blank(q: Any, formation: str, user_id: str, keys: list[str], *,
+                dialect: str) -> int:
+    """Inside an erasure's transaction: blank the personal fields of every record about the
+    user, by id, by one of their identifier keys, or naming them in a state (a merge's
+    `before`). The kind of change, when and who asked stay. Returns how many."""
+    contains = "strpos({}, $2) > 0" if dialect == "postgres" else "instr({}, $2) > 0"
+    keyed = ""
+    if keys:
+        listed = ("= ANY($3::text[])" if dialect == "postgres"
+                  else "IN (" + ", ".join(f"${3 + i}" for i in range(len(keys))) + ")")
+        keyed = f" OR identifier {listed}"
+    args: tuple[Any, ...] = ((keys,) if dialect == "postgres" else tuple(keys)) if keys else ()
+    rows = await q.fetch(
+        "UPDATE audit_log SET user_id = NULL, identifier = NULL, before_state = NULL,"
+        f" after_state = '{ERASED}' WHERE formation_id = $1 AND (user_id = $2{keyed}"
+        f" OR {contains.format('before_state')} OR {contains.format('after_state')})"
+        " RETURNING id", formation, user_id, *args)
+    return len(rows)
 
 
 class AuditLog:

@@ -11,7 +11,7 @@ import structlog
 from identity import audit
 from identity.cache import IdentityCache
 from identity.identifiers import IdentifierParser
-from identity.store import PUBLIC_ID_PREFIX, IdentityStore
+from identity.store import PUBLIC_ID_PREFIX, Erasure, IdentityStore
 from identity.types import (
     AssociateResult,
     Identifier,
@@ -156,6 +156,18 @@ class IdentityService:
         log.info("users merged", formation=formation, user_id=keep, merged=absorb,
                  identifiers=len(moved))
         return moved
+
+    async def erase(self, formation: str, user_id: str, *,
+                    actor: str = audit.INTERNAL) -> Erasure:
+        """Remove the user and everything kept about them (see `IdentityStore.erase`), then
+        drop their identifiers from the caches."""
+        check_formation(formation)
+        check_user_id(user_id)
+        erased = await self.store.erase(formation, user_id, actor=actor)
+        await self.forget(formation, erased.keys)
+        log.info("user erased", formation=formation, user_ref=erased.user_ref,
+                 **erased.counts)
+        return erased
 
     async def forget(self, formation: str, keys: list[str]) -> None:
         """Drop cached mappings after a change. The change has committed: a slow or lost

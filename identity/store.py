@@ -34,6 +34,8 @@ _ATTEMPTS = 5  # tries of a batch whose insert lost a race with a concurrent one
 
 # (transaction, kept user, merged-away user): moves the merged user's data to the kept one.
 MergeHook = Callable[[Any, str, str], Awaitable[None]]
+# (transaction, erased user): removes what a component keeps of the user; says how much.
+EraseHook = Callable[[Any, str], Awaitable[dict[str, int]]]
 
 _LOOKUP = (
     "SELECT u.public_id FROM user_identifiers i JOIN users u ON u.id = i.user_id"
@@ -71,6 +73,13 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class Erasure:
+    keys: list[str]  # the identifier keys the user had (for the caches to forget)
+    counts: dict[str, int]  # what was removed, by kind
+    user_ref: str  # what the audit record keeps of the user (audit.user_ref)
+
+
+@dataclass(frozen=True)
 class Plan:
     target: str | None  # None: create a new user
     to_link: list[Identifier]
@@ -99,6 +108,7 @@ class IdentityStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.merge_hooks: list[MergeHook] = []
+        self.erase_hooks: list[EraseHook] = []
         postgres = db.dialect == "postgres"
         self._share = " FOR SHARE" if postgres else ""  # keeps a user from being merged away
         self._update = " FOR UPDATE" if postgres else ""
@@ -107,6 +117,11 @@ class IdentityStore:
         """Run `hook(tx, keep, absorb)` inside every merge, before `absorb` is deleted."""
         if hook not in self.merge_hooks:
             self.merge_hooks.append(hook)
+
+    def on_erase(self, hook: EraseHook) -> None:
+        """Run `hook(tx, user)` inside every erasure, before the user row goes."""
+        if hook not in self.erase_hooks:
+            self.erase_hooks.append(hook)
 
     # -- dialect hooks --
 
@@ -287,3 +302,31 @@ class IdentityStore:
             await hook(q, keep, absorb)
         await q.execute("DELETE FROM users WHERE id = $1", ids[absorb])
         return [r[0] for r in moved]
+
+    async def erase(self, formation: str, user_id: str, *,
+                    actor: str = audit.INTERNAL) -> Erasure:
+        """Remove the user everywhere in one transaction: identifiers, link codes and
+        attempts, every component's data (erase hooks), and the personal fields of audit
+        records about them; one audit record of the erasure stays, without personal data."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchval(
+                "SELECT id FROM users WHERE formation_id = $1 AND public_id = $2"
+                + self._update, formation, user_id)
+            if row is None:
+                raise UserNotFoundError(user_id)
+            keys = [r[0] for r in await tx.fetch(
+                "SELECT identifier FROM user_identifiers WHERE user_id = $1", row)]
+            counts: dict[str, int] = {"identifiers": len(keys)}
+            for hook in self.erase_hooks:
+                counts.update(await hook(tx, user_id))
+            if keys:
+                await tx.execute(
+                    "DELETE FROM link_attempts WHERE formation_id = $1"
+                    f" AND identifier {self._in(2, len(keys))}", formation, *self._list(keys))
+            await tx.execute("DELETE FROM users WHERE id = $1", row)  # identifiers, codes
+            counts["audit_records_blanked"] = await audit.blank(
+                tx, formation, user_id, keys, dialect=self.db.dialect)
+            ref = audit.user_ref(user_id)
+            await audit.record(tx, formation, actor, "erase", user_id=None,
+                               after={"user_ref": ref, "removed": counts})
+        return Erasure(keys, counts, ref)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from identity.storage import IDENTITY_SCHEMA, Database, Schema
+from memory import lifecycle
 from memory.claims import Claims
 from memory.credentials import Credentials
 from memory.embeddings import Embedder
@@ -59,6 +60,17 @@ class Memory:
         for statement in _MERGE:
             await tx.execute(statement, keep, absorb)
         await self.users.refresh_synopsis(keep, q=tx)
+
+    async def erase_user(self, tx: Any, user_id: str) -> dict[str, int]:
+        """An erase hook (`IdentityStore.on_erase`): inside the erasure's transaction,
+        remove everything kept for the user; returns how much, by kind."""
+        counts = await lifecycle.erase_user(tx, user_id, dialect=self.users.db.dialect)
+        self.users.forget_vectors(user_id)
+        return counts
+
+    async def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything kept for the user, as one JSON-ready document."""
+        return await lifecycle.export_user(self.users.db, user_id)
 
 
 __all__ = ["Memory", "NotFoundError"]

@@ -210,6 +210,9 @@ class UserMemory:
                 user_id, " OR ".join(f'"{w}"' for w in words), limit)
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
+    def forget_vectors(self, user_id: str) -> None:
+        self._vectors_cache.drop(user_id)
+
     async def _vectors(self, user_id: str) -> UserVectors:
         """The user's memories embedded by the current model, with their vectors.
 

@@ -18,6 +18,7 @@ from gateway.api import (
     routes_identity,
     routes_memory,
     routes_scheduler,
+    routes_users,
 )
 from gateway.api.envelope import install_error_handlers
 from gateway.api.limits import BodyLimit
@@ -51,7 +52,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def api_router() -> APIRouter:
     router = APIRouter(responses=ERRORS)
     for module in (routes_identity, routes_chat, routes_memory, routes_scheduler,
-                   routes_events, routes_admin):
+                   routes_events, routes_admin, routes_users):
         router.include_router(module.router)
     # An identifier in a path may hold any character (a bad one then gets a 422 naming it).
     register_url_convertor("anypath", routes_identity.AnyPath())

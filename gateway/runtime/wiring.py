@@ -77,6 +77,7 @@ class Runtime:
                                  buffer_size=settings.session_buffer_size,
                                  embedder=make_embedder(settings))
             identity.store.on_merge(memory.merge_into)  # merging users carries memory along
+            identity.store.on_erase(memory.erase_user)  # erasing a user erases their memory
             responder = make_responder(settings)
         except BaseException:
             await db.close()

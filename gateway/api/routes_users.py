@@ -1,0 +1,95 @@
+"""/users for operators (admin key): list and search users, export one, erase one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from gateway.api.deps import admin_access, runtime
+from gateway.api.envelope import ApiError, iso, ok
+from gateway.runtime.formations import Formation
+from gateway.runtime.wiring import Runtime
+from identity import audit
+from identity.audit import AuditLog
+from identity.directory import UserDirectory
+from identity.service import check_user_id
+from identity.types import LinkedIdentifier
+
+router = APIRouter()
+Rt = Annotated[Runtime, Depends(runtime)]
+Admin = Annotated[Formation, Depends(admin_access)]
+
+
+def _when(name: str, text: str | None) -> datetime | None:
+    """An ISO 8601 time; UTC when it names no zone."""
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "INVALID_PARAMS", f"{name}: not an ISO 8601 time", {"errors": [
+            {"field": name, "msg": "not an ISO 8601 time", "type": "value_error"}]}) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _identifier(i: LinkedIdentifier) -> dict[str, Any]:
+    return {"identifier": i.identifier, "type": i.type,
+            "created_at": iso(i.created_at.timestamp())}
+
+
+@router.get("/users", tags=["users"])
+async def list_users(
+        request: Request, rt: Rt, f: Admin,
+        q: Annotated[str | None, Query(max_length=512, description=(
+            "users with an identifier starting with this text"))] = None,
+        type: Annotated[str | None, Query(max_length=40, description=(
+            "users with an identifier of this type (email, slack, telegram, …)"))] = None,
+        since: Annotated[str | None, Query(description="created at or after (ISO 8601)")] = None,
+        until: Annotated[str | None, Query(description="created before (ISO 8601)")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=100, description=(
+            "`next_cursor` of the previous page"))] = None) -> JSONResponse:
+    """The formation's users in creation order, with their identifiers, a page at a time."""
+    page = await UserDirectory(rt.db).page(
+        f.id, prefix=q or None, kind=type or None, since=_when("since", since),
+        until=_when("until", until), limit=limit, cursor=cursor)
+    users = [{"user_id": u.user_id, "created_at": iso(u.created_at.timestamp()),
+              "identifiers": [_identifier(i) for i in u.identifiers]} for u in page.users]
+    return ok(request, {"users": users, "count": len(users), "next_cursor": page.next_cursor,
+                        "has_more": page.next_cursor is not None},
+              obj="list", type_="users.list")
+
+
+@router.get("/users/{user_id}/export", tags=["users"])
+async def export_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONResponse:
+    """Everything Threadline keeps about one user, as one JSON document: identifiers,
+    facts, memories, sessions and messages, scheduled tasks, credential metadata (never
+    secrets) and the audit records about them. The export itself is audited."""
+    check_user_id(user_id)
+    identifiers = await rt.identity.identifiers_of(f.id, user_id)  # 404 for no such user
+    kept = await rt.memory.export_user(user_id)
+    async with rt.db.transaction() as tx:
+        await audit.record(tx, f.id, "admin_key", "export", user_id=user_id)
+    entries = await AuditLog(rt.db).entries(f.id, user_id=user_id, limit=10_000)
+    document = {
+        "user_id": user_id, "formation_id": f.id, "exported_at": iso(datetime.now(UTC)
+                                                                     .timestamp()),
+        "identifiers": [_identifier(i) for i in identifiers], **kept,
+        "audit": [{"at": iso(e.at), "actor": e.actor, "action": e.action,
+                   "identifier": e.identifier, "identifier_type": e.identifier_type,
+                   "before": e.before, "after": e.after} for e in entries],
+    }
+    return ok(request, document, obj="user_export", type_="users.export")
+
+
+@router.delete("/users/{user_id}", tags=["users"])
+async def erase_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONResponse:
+    """Erase one user everywhere: every identifier, all memory, sessions, tasks and
+    credentials, cached entries included. What stays is one audit record of the erasure
+    holding no personal data (a one-way digest of the user id, and counts)."""
+    erased = await rt.identity.erase(f.id, user_id, actor="admin_key")
+    return ok(request, {"user_id": user_id, "erased": True, "user_ref": erased.user_ref,
+                        "removed": erased.counts}, obj="user_erasure", type_="users.erase")
