@@ -529,6 +529,16 @@ def test_frame_ancestors_are_read_from_the_environment(given, origins, tmp_path)
     assert settings.webchat_frame_ancestors == origins
 
 
+def test_frame_ancestors_are_read_from_the_formation_file(tmp_path):
+    from config.settings import load_settings
+
+    formation = tmp_path / "formation.yaml"
+    formation.write_text("server:\n  webchat_frame_ancestors: [https://shop.example.com]\n")
+    settings = load_settings({"THREADLINE_DATA_DIR": str(tmp_path),
+                              "THREADLINE_FORMATION_FILE": str(formation)})
+    assert settings.webchat_frame_ancestors == ["https://shop.example.com"]
+
+
 @pytest.mark.parametrize("bad", ["https://a.example; script-src *", "*", "shop.example.com",
                                  "https://a.example/path", "javascript:alert(1)", "'self'"])
 def test_a_frame_ancestor_that_is_not_an_origin_stops_start_up(bad, tmp_path):

@@ -474,6 +474,10 @@ async def test_the_launcher_opens_the_chat_in_a_corner_of_another_sites_page(
             await expect(panel).to_be_hidden()
             await expect(launcher).to_be_focused()
             await shoot(page, tmp_path / "launcher-1280-closed.png", 1280)
+            await launcher.click()  # opened again, the chat is as it was; Escape closes it
+            await expect(chat.locator(".msg.user")).to_have_text(["call me Alice"])
+            await chat.locator("#message").press("Escape")
+            await expect(panel).to_be_hidden()
 
             # Phone: the panel takes the screen; the chat's own close button gives it back.
             page = await new_page(375, 667)
