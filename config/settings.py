@@ -17,12 +17,14 @@ from typing import Any, Literal
 
 import yaml
 from cryptography.fernet import Fernet
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from config.errors import ThreadlineError
 
 _SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _PROVIDERS = {"postgres", "postgresql", "sqlite"}
+# An origin as CSP frame-ancestors takes it: scheme, host (maybe *.), port; no path.
+_ORIGIN = re.compile(r"^https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
 
 
 class ConfigError(ThreadlineError):
@@ -58,6 +60,9 @@ class Settings(BaseModel):
     admin_key: SecretStr | None = None
     client_key: SecretStr | None = None
     webchat_secret: SecretStr | None = None
+    # Other sites that may show the web chat in a frame (the launcher): origins such as
+    # https://shop.example.com. The gateway's own origin always may; nobody else.
+    webchat_frame_ancestors: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
@@ -70,6 +75,22 @@ class Settings(BaseModel):
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
     # identity.types: identifier types beyond the built-in ones (e.g. ["crm"]).
     identity_types: list[str] = Field(default_factory=list)
+
+    @field_validator("webchat_frame_ancestors", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: separated by spaces or commas
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list):
+            return value
+        origins = []
+        for item in value:
+            origin = item.strip().rstrip("/") if isinstance(item, str) else ""
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"{item!r} is not an origin such as https://shop.example.com "
+                                 "(scheme and host, a port if any, no path)")
+            origins.append(origin)
+        return origins
 
     @property
     def database(self) -> str:
@@ -171,7 +192,8 @@ _SECTIONS: dict[str, set[str] | None] = {
     "logging": None, "secrets": None,
     "memory": {"persistent", "credentials_key", "buffer", "working", "embedder"},
     "identity": {"secret", "cache", "types"},
-    "server": {"admin_key", "client_key", "webchat_secret", "host", "port"},
+    "server": {"admin_key", "client_key", "webchat_secret", "webchat_frame_ancestors", "host",
+               "port"},
     "formations": None,
     "channels": None,
 }
@@ -241,7 +263,8 @@ def _from_formation(doc: Mapping[str, Any], source: Path) -> dict[str, Any]:
     values["channels"] = {name: dict(conf or {}) for name, conf in channels.items()
                           if (conf or {}).get("enabled", True) is not False}
     server = doc.get("server") or {}
-    for key in ("admin_key", "client_key", "webchat_secret", "host", "port"):
+    for key in ("admin_key", "client_key", "webchat_secret", "webchat_frame_ancestors", "host",
+                "port"):
         if key in server:
             values[key] = server[key]
     formations = doc.get("formations") or []

@@ -441,3 +441,122 @@ async def test_a_body_over_the_limit_gets_413(serve):
         answer = await http.post("/webchat/messages", content=big,
                                  headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and answer.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+
+# --- checking a token on load -------------------------------------------------------------
+
+
+async def test_verify_names_the_signed_identifier_and_refuses_a_bad_token(serve):
+    url, runtime = await serve(webchat_secret=SECRET.decode())
+    formation = runtime.settings.formation_id
+    alice = sign_token(SECRET, "alice@example.com", ttl=600)
+    forged = alice.split(".")[0] + "." + sign_token(OTHER_SECRET, "x").split(".")[1]
+    expired = sign_token(SECRET, "bob@example.com", ttl=60, now=time.time() - 3600)
+    async with httpx.AsyncClient(base_url=url) as http:
+        good = await http.post("/webchat/verify", json={"token": alice})
+        assert good.status_code == 200, good.text
+        assert good.json()["identifier"] == "alice@example.com"
+        assert good.json()["type"] is None and 590 <= good.json()["expires_in"] <= 600
+        typed = await http.post("/webchat/verify", json={
+            "token": sign_token(SECRET, "U98765ABC", type="slack")})
+        assert (typed.json()["identifier"], typed.json()["type"]) == ("U98765ABC", "slack")
+        for token, code in ((forged, "TOKEN_INVALID"), (expired, "TOKEN_EXPIRED"),
+                            ("not-a-token", "TOKEN_INVALID")):
+            r = await http.post("/webchat/verify", json={"token": token})
+            assert (r.status_code, r.json()["code"]) == (401, code), r.text
+        assert "signature" in (await http.post("/webchat/verify",
+                                               json={"token": forged})).json()["message"]
+        missing = await http.post("/webchat/verify", json={})
+        assert missing.status_code == 422 and missing.json()["details"]["field"] == "token"
+        form = await http.post("/webchat/verify", data={"token": alice})
+        assert form.status_code == 415
+    # Checking a token makes nobody a user.
+    assert await runtime.identity.resolve(formation, "alice@example.com", create=False) is None
+
+
+# --- link codes ---------------------------------------------------------------------------
+
+
+async def test_a_link_code_works_with_or_without_its_dash_in_any_case(serve):
+    url, runtime = await serve(webchat_secret=SECRET.decode())
+    formation = runtime.settings.formation_id
+    alice = sign_token(SECRET, "alice@example.com")
+    forms = [lambda c: c, lambda c: c.replace("-", ""), lambda c: c.lower(),
+             lambda c: c.replace("-", "").lower()]
+    async with httpx.AsyncClient(base_url=url) as http:
+        for n, form in enumerate(forms):
+            offer, _ = await say(http, "/link", token=alice)
+            shown = re.search(r"Your link code is ([A-Z0-9]{5}-[A-Z0-9]{5})\.", offer)
+            assert shown, offer
+            linked, done = await say(http, f"/link {form(shown.group(1))}",
+                                     token=sign_token(SECRET, f"bob{n}@example.com"),
+                                     conversation=f"bob-{n}")
+            assert linked.startswith("Linked!"), (n, linked)
+            assert done["user_id"] == await runtime.identity.resolve(
+                formation, "alice@example.com", create=False)
+
+
+# --- the launcher and framing -------------------------------------------------------------
+
+
+async def test_the_page_may_be_framed_only_by_itself_and_the_listed_sites(serve):
+    url, _ = await serve()
+    listed, _ = await serve(webchat_secret=SECRET.decode(), webchat_frame_ancestors=[
+        "https://shop.example.com", "http://localhost:5173"])
+    async with httpx.AsyncClient(base_url=url) as http:
+        plain = await http.get("/chat")
+    async with httpx.AsyncClient(base_url=listed) as http:
+        framed = await http.get("/chat")
+    assert "frame-ancestors 'self';" in plain.headers["content-security-policy"]
+    assert plain.headers["x-frame-options"] == "SAMEORIGIN"  # browsers without CSP level 2
+    assert ("frame-ancestors 'self' https://shop.example.com http://localhost:5173;"
+            in framed.headers["content-security-policy"])
+    assert "x-frame-options" not in framed.headers  # it could only say SAMEORIGIN
+
+
+@pytest.mark.parametrize("given,origins", [
+    ("https://shop.example.com http://localhost:5173", ["https://shop.example.com",
+                                                         "http://localhost:5173"]),
+    ("https://shop.example.com/, https://*.acme.com", ["https://shop.example.com",
+                                                        "https://*.acme.com"]),
+    ("", []),
+])
+def test_frame_ancestors_are_read_from_the_environment(given, origins, tmp_path):
+    from config.settings import load_settings
+
+    settings = load_settings({"THREADLINE_DATA_DIR": str(tmp_path),
+                              "THREADLINE_WEBCHAT_FRAME_ANCESTORS": given})
+    assert settings.webchat_frame_ancestors == origins
+
+
+def test_frame_ancestors_are_read_from_the_formation_file(tmp_path):
+    from config.settings import load_settings
+
+    formation = tmp_path / "formation.yaml"
+    formation.write_text("server:\n  webchat_frame_ancestors: [https://shop.example.com]\n")
+    settings = load_settings({"THREADLINE_DATA_DIR": str(tmp_path),
+                              "THREADLINE_FORMATION_FILE": str(formation)})
+    assert settings.webchat_frame_ancestors == ["https://shop.example.com"]
+
+
+@pytest.mark.parametrize("bad", ["https://a.example; script-src *", "*", "shop.example.com",
+                                 "https://a.example/path", "javascript:alert(1)", "'self'"])
+def test_a_frame_ancestor_that_is_not_an_origin_stops_start_up(bad, tmp_path):
+    from config.settings import load_settings
+
+    with pytest.raises(ConfigError, match="WEBCHAT_FRAME_ANCESTORS"):
+        load_settings({"THREADLINE_DATA_DIR": str(tmp_path),
+                       "THREADLINE_WEBCHAT_FRAME_ANCESTORS": bad})
+
+
+async def test_the_launcher_script_is_served_for_other_sites_to_include(serve):
+    url, _ = await serve()
+    async with httpx.AsyncClient(base_url=url) as http:
+        r = await http.get("/webchat/launcher.js")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert "data-token" in r.text or "dataset.token" in r.text
+    code = r.text.split("*/", 1)[-1].replace('"http://www.w3.org/2000/svg"', "")
+    assert not re.search(r"https?://", code)  # nothing fixed is fetched: no CDN

@@ -17,14 +17,20 @@ optionally "type": the identifier's type ("slack", "email", …). Any language c
 In development, for a client on this machine (loopback) and with no webchat secret set,
 the page instead asks for a name: whatever identifier is typed is who is talking.
 
-Routes: GET / and /chat (the page); GET /webchat/config (token or name mode, and why);
+Routes: GET / and /chat (the page; /chat?embed=1 inside the launcher's panel);
+GET /webchat/config (token or name mode, and why); POST /webchat/verify {"token"} (who the
+token names, checked before the page says so: {"identifier", "type", "expires_in"} or a 401);
 POST /webchat/messages {"text", "conversation", "token" | "name", "message_id"?} answering a
 text/event-stream of `data: {"token": …}` frames, then `event: done` {"user_id",
 "session_id", "request_id"}, or `event: error` {"error", "type"} (a retry with the same
 message_id gets the same reply, never a second turn);
 GET /webchat/events?conversation=…&token=…|name=… a text/event-stream of `event: push`
 frames (reminders) while the page is open; GET /webchat/transcript?conversation=…&… the
-conversation so far, for a page opened again.
+conversation so far, for a page opened again; GET /webchat/launcher.js (the script another
+site includes to open the chat in a corner of its pages, see launcher.js).
+
+Framing: the page may be framed by its own origin and by the origins in
+`server.webchat_frame_ancestors` / THREADLINE_WEBCHAT_FRAME_ANCESTORS, by nobody else.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +58,7 @@ from gateway.conversation.live import sse, stream_turn
 from gateway.conversation.messages import InboundMessage
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
-from gateway.webchat.tokens import TokenError, verify_token
+from gateway.webchat.tokens import TokenError, read_token, verify_token
 from identity import InvalidIdentifierError
 
 log = structlog.get_logger("threadline.webchat")
@@ -61,12 +68,14 @@ MAX_TEXT = 20_000
 MAX_BODY = 1 << 20  # a 20,000-character text fits even written as \uXXXX escapes
 MIN_SECRET = 16
 PAGE = Path(__file__).parent / "static" / "webchat.html"
+LAUNCHER = Path(__file__).parent / "static" / "launcher.js"
 _STATUS_CODES = {413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _CONVERSATION = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _TOKENS = re.compile(r"\S+\s*|\s+")
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+_NO_SECRET = "this gateway has no webchat secret, so it cannot check tokens"
 
 
 class _Invalid(Exception):
@@ -150,6 +159,18 @@ async def _read_body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def _json(request: Request) -> dict[str, Any] | Response:
+    """The request's JSON object, or the response refusing it."""
+    try:
+        return await _read_body(request)
+    except _Invalid as exc:
+        if exc.status in _STATUS_CODES:
+            return error_response(request, exc.status, _STATUS_CODES[exc.status], exc.message)
+        return _invalid(request, exc.field, exc.message)
+    except ClientDisconnect:
+        return Response(status_code=400)
+
+
 def _text(body: dict[str, Any]) -> str:
     text = body.get("text")
     if text is None:
@@ -200,15 +221,24 @@ class WebChat:
             log.warning("web chat has no webchat secret in production: the page will refuse "
                         "every message until THREADLINE_WEBCHAT_SECRET is set")
         self.html = PAGE.read_text(encoding="utf-8")
+        self.launcher = LAUNCHER.read_text(encoding="utf-8")
         self.page_headers = {
-            "Content-Security-Policy": _policy(self.html),
+            "Content-Security-Policy": _policy(self.html, settings.webchat_frame_ancestors),
             "Referrer-Policy": "no-referrer",  # the page's URL may carry ?token=
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",
         }
+        if not settings.webchat_frame_ancestors:  # it can only say one origin: our own
+            self.page_headers["X-Frame-Options"] = "SAMEORIGIN"
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self.html, headers=self.page_headers)
+
+    async def launcher_script(self, request: Request) -> Response:
+        # Included by other sites: their pages may load it (CORP), never as anything but JS.
+        return Response(self.launcher, media_type="text/javascript", headers={
+            "X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "cross-origin",
+            "Cache-Control": "public, max-age=300"})
 
     async def config(self, request: Request) -> Response:
         refusal = name_mode_refusal(request, self.settings)
@@ -218,9 +248,33 @@ class WebChat:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def message(self, request: Request) -> Response:
+    async def verify(self, request: Request) -> Response:
+        """Who a token names, so the page says "Signed in as" only for one the gateway
+        accepts; refused tokens get the same 401 a message would. Nobody is created."""
+        body = await _json(request)
+        if isinstance(body, Response):
+            return body
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            return _invalid(request, "token", "token is required (a string)")
+        if self.secret is None:
+            return self._refuse(request, 401, "TOKEN_INVALID", _NO_SECRET)
         try:
-            body = await _read_body(request)
+            claims = read_token(self.secret, token)
+            self.runtime.identity.parse(claims.who)
+        except TokenError as exc:
+            return self._refuse(request, 401, exc.code, exc.message)
+        except InvalidIdentifierError as exc:
+            return _invalid(request, "token", str(exc))
+        return JSONResponse({"identifier": claims.identifier, "type": claims.type,
+                             "expires_in": max(0, int(claims.expires_at - time.time()))},
+                            headers={"Cache-Control": "no-store"})
+
+    async def message(self, request: Request) -> Response:
+        body = await _json(request)
+        if isinstance(body, Response):
+            return body
+        try:
             text, conversation = _text(body), _conversation(body)
             message_id = body.get("message_id")
             if message_id is not None and (not isinstance(message_id, str)
@@ -228,12 +282,7 @@ class WebChat:
                 raise _Invalid("message_id", "message_id must be 1-100 letters, digits, '_', "
                                              "'.', ':' or '-'")
         except _Invalid as exc:
-            if exc.status in _STATUS_CODES:
-                return error_response(request, exc.status, _STATUS_CODES[exc.status],
-                                      exc.message)
             return _invalid(request, exc.field, exc.message)
-        except ClientDisconnect:
-            return Response(status_code=400)
         who = await self._who(request, body)
         if isinstance(who, Response):
             return who
@@ -296,9 +345,7 @@ class WebChat:
         if token is not None:
             field = "token"
             if self.secret is None:
-                return self._refuse(request, 401, "TOKEN_INVALID",
-                                    "this gateway has no webchat secret, so it cannot check "
-                                    "tokens")
+                return self._refuse(request, 401, "TOKEN_INVALID", _NO_SECRET)
             try:
                 identifier = verify_token(self.secret, token)
             except TokenError as exc:
@@ -357,16 +404,19 @@ def _turn_error(exc: BaseException, message: InboundMessage) -> dict[str, str]:
             "type": "internal"}
 
 
-def _policy(html: str) -> str:
-    """A Content-Security-Policy allowing exactly the page's own inline script and style."""
+def _policy(html: str, frame_ancestors: list[str]) -> str:
+    """A Content-Security-Policy allowing exactly the page's own inline script and style,
+    framed only by itself and the listed sites."""
     allowed: dict[str, list[str]] = {"script": [], "style": []}
     for tag, body in _INLINE.findall(html):
         digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
         allowed[tag].append(f"'sha256-{digest}'")
     script = " ".join(allowed["script"]) or "'none'"
     style = " ".join(allowed["style"]) or "'none'"
+    ancestors = " ".join(["'self'", *frame_ancestors])
     return (f"default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; "
-            "img-src 'self' data:; base-uri 'none'; form-action 'none'")
+            f"img-src 'self' data:; frame-ancestors {ancestors}; base-uri 'none'; "
+            "form-action 'none'")
 
 
 def routes(runtime: Runtime, settings: Settings, formation: Formation) -> list[Route]:
@@ -375,6 +425,9 @@ def routes(runtime: Runtime, settings: Settings, formation: Formation) -> list[R
         Route("/", chat.page, methods=["GET"], name="webchat_page"),
         Route("/chat", chat.page, methods=["GET"], name="webchat_page_chat"),
         Route("/webchat/config", chat.config, methods=["GET"], name="webchat_config"),
+        Route("/webchat/verify", chat.verify, methods=["POST"], name="webchat_verify"),
+        Route("/webchat/launcher.js", chat.launcher_script, methods=["GET"],
+              name="webchat_launcher"),
         Route("/webchat/messages", chat.message, methods=["POST"], name="webchat_messages"),
         Route("/webchat/events", chat.events, methods=["GET"], name="webchat_events"),
         Route("/webchat/transcript", chat.transcript, methods=["GET"], name="webchat_transcript"),

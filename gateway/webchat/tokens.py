@@ -14,6 +14,7 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from config.errors import ThreadlineError
@@ -28,6 +29,19 @@ class TokenError(ThreadlineError):
         self.code = code
         self.message = message
 
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified token says: who, of what identifier type, until when."""
+
+    identifier: str
+    type: str | None
+    expires_at: float
+
+    @property
+    def who(self) -> Any:
+        """The identifier as the identity service takes it."""
+        return {"identifier": self.identifier, "type": self.type} if self.type else self.identifier
 
 
 def _b64encode(data: bytes) -> str:
@@ -66,6 +80,11 @@ def verify_token(secret: bytes | str, token: str, *, now: float | None = None) -
 
     Raises TokenError with code TOKEN_INVALID or TOKEN_EXPIRED.
     """
+    return read_token(secret, token, now=now).who
+
+
+def read_token(secret: bytes | str, token: str, *, now: float | None = None) -> Claims:
+    """A token's claims, once its signature and expiry are checked (TokenError if not)."""
     head, _, sig = token.partition(".")
     if (len(token) > MAX_TOKEN or not _B64URL.match(head) or not _B64URL.match(sig)):
         raise TokenError("TOKEN_INVALID", "the token is malformed: expected "
@@ -94,4 +113,4 @@ def verify_token(secret: bytes | str, token: str, *, now: float | None = None) -
     if exp <= at:
         raise TokenError("TOKEN_EXPIRED", f"the token expired {int(at - exp)} s ago; ask the "
                                           "host application for a new one")
-    return {"identifier": sub, "type": kind} if kind else sub
+    return Claims(sub, kind or None, float(exp))
