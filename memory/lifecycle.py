@@ -15,6 +15,8 @@ from identity.storage import Database
 
 
 def iso(at: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC (`2026-07-13T09:30:00.123456Z`): the one time format
+    of exports and the API."""
     if at is None:
         return None
     return datetime.fromtimestamp(float(at), UTC).isoformat(timespec="microseconds").replace(

@@ -164,3 +164,42 @@ async def test_users_are_listed_searched_and_paged(server):
         assert bad.status_code == 422 and "since" in bad.json()["message"]
         client = await http.get("/users", headers={"X-Muxi-Client-Key": CLIENT})
         assert client.status_code == 403
+
+
+def test_the_cli_lists_exports_and_erases_with_confirmation(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from tests.test_cli import THREADLINE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+    env["THREADLINE_DATA_DIR"] = str(tmp_path / "data")
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([THREADLINE, *args], cwd=tmp_path, env=env, text=True,
+                              input=stdin, capture_output=True, timeout=60)
+
+    user = run("users", "link", "ada@x.co", "slack:U0ADA").stdout.split()[0]
+    run("users", "link", "bo@x.co")
+    listed = run("users", "list", "--search", "ada")
+    assert listed.returncode == 0 and user in listed.stdout and "bo@x.co" not in listed.stdout
+    paged = run("users", "list", "--limit", "1")
+    assert "more: --cursor " in paged.stdout
+    cursor = paged.stdout.split("more: --cursor ")[1].split()[0]
+    assert "bo@x.co" in run("users", "list", "--limit", "1", "--cursor", cursor).stdout
+
+    exported = run("users", "export", "slack:U0ADA", "-o", str(tmp_path / "ada.json"))
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "ada.json").read_text())
+    assert document["user_id"] == user
+    assert {i["identifier"] for i in document["identifiers"]} == {"ada@x.co", "U0ADA"}
+
+    refused = run("users", "erase", "ada@x.co")  # no terminal to confirm on
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert run("users", "resolve", "ada@x.co").stdout.strip() == user  # still there
+    erased = run("users", "erase", "ada@x.co", "--yes")
+    assert erased.returncode == 0 and f"erased {user}" in erased.stdout
+    assert "2 identifiers" in erased.stdout
+    assert run("users", "resolve", "ada@x.co").returncode == 1
+    assert run("users", "show", user).returncode == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -22,6 +21,7 @@ from identity import (
     InvalidIdentifierError,
     UserNotFoundError,
 )
+from memory.lifecycle import iso  # noqa: F401  (one ISO 8601 UTC form everywhere)
 from memory.types import InvalidScheduleError, NotFoundError, TaskStateError
 
 log = structlog.get_logger("threadline.api")
@@ -47,14 +47,6 @@ class ApiError(ThreadlineError):
         self.message = message
         self.details = details or {}
         self.headers = headers
-
-
-def iso(at: float | None) -> str | None:
-    """Unix seconds as ISO 8601 UTC (`2026-07-13T09:30:00.123456Z`), for new fields."""
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z")
 
 
 def request_id(request: Request) -> str:

@@ -11,11 +11,9 @@ from fastapi.responses import JSONResponse
 from gateway.api.deps import admin_access, runtime
 from gateway.api.envelope import ApiError, iso, ok
 from gateway.runtime.formations import Formation
+from gateway.runtime.lifecycle import export_document
 from gateway.runtime.wiring import Runtime
-from identity import audit
-from identity.audit import AuditLog
 from identity.directory import UserDirectory
-from identity.service import check_user_id
 from identity.types import LinkedIdentifier
 
 router = APIRouter()
@@ -68,20 +66,7 @@ async def export_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONR
     """Everything Threadline keeps about one user, as one JSON document: identifiers,
     facts, memories, sessions and messages, scheduled tasks, credential metadata (never
     secrets) and the audit records about them. The export itself is audited."""
-    check_user_id(user_id)
-    identifiers = await rt.identity.identifiers_of(f.id, user_id)  # 404 for no such user
-    kept = await rt.memory.export_user(user_id)
-    async with rt.db.transaction() as tx:
-        await audit.record(tx, f.id, "admin_key", "export", user_id=user_id)
-    entries = await AuditLog(rt.db).entries(f.id, user_id=user_id, limit=10_000)
-    document = {
-        "user_id": user_id, "formation_id": f.id, "exported_at": iso(datetime.now(UTC)
-                                                                     .timestamp()),
-        "identifiers": [_identifier(i) for i in identifiers], **kept,
-        "audit": [{"at": iso(e.at), "actor": e.actor, "action": e.action,
-                   "identifier": e.identifier, "identifier_type": e.identifier_type,
-                   "before": e.before, "after": e.after} for e in entries],
-    }
+    document = await export_document(rt, f.id, user_id, actor="admin_key")
     return ok(request, document, obj="user_export", type_="users.export")
 
 

@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-users = typer.Typer(help="Look up and link the identifiers of users.", no_args_is_help=True)
+users = typer.Typer(help="Look up, link, list, export and erase users.", no_args_is_help=True)
 app.add_typer(users, name="users")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -302,3 +302,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from gateway.cli import lifecycle as _lifecycle  # noqa: E402,F401  (users list/export/erase)

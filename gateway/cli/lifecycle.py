@@ -1,0 +1,134 @@
+"""`threadline users list|export|erase`: the operators' user lifecycle from a shell.
+Registered on the `users` group by `gateway.cli.main`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from gateway.cli.main import FormationOption, _formation, _parse_identifier, _run, err, out, users
+from gateway.runtime.lifecycle import export_document
+from gateway.runtime.wiring import Runtime
+from identity.directory import UserDirectory
+from identity.types import InvalidIdentifierError
+
+
+async def user_of(rt: Runtime, formation: str, text: str) -> str:
+    """A usr_… id as given, or the owner of the identifier given."""
+    if text.startswith("usr_"):
+        return text
+    found = await rt.identity.resolve(formation, _parse_identifier(text), create=False)
+    if found is None:
+        err.print(f"no user has identifier {text}")
+        raise typer.Exit(1)
+    return found
+
+
+def _time(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidIdentifierError(f"{name}: not an ISO 8601 time ({text!r})",
+                                     field=name) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@users.command("list")
+def users_list(
+    q: str = typer.Option(None, "--search", "-s",
+                          help="Only users with an identifier starting with this."),
+    kind: str = typer.Option(None, "--type", "-t",
+                             help="Only users with an identifier of this type (email, slack, …)."),
+    since: str = typer.Option(None, help="Created at or after (ISO 8601, e.g. 2026-11-01)."),
+    until: str = typer.Option(None, help="Created before (ISO 8601)."),
+    limit: int = typer.Option(50, min=1, max=500, help="Users per page."),
+    cursor: str = typer.Option(None, help="Where the previous page ended (it prints it)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+    formation: str = FormationOption,
+):
+    """List and search users, oldest first, a page at a time."""
+
+    async def work(rt: Runtime) -> None:
+        page = await UserDirectory(rt.db).page(
+            _formation(rt, formation), prefix=q, kind=kind, since=_time("since", since),
+            until=_time("until", until), limit=limit, cursor=cursor)
+        if as_json:
+            out.print_json(data={"users": [
+                {"user_id": u.user_id, "created_at": u.created_at.isoformat(),
+                 "identifiers": [i.identifier for i in u.identifiers]} for u in page.users],
+                "next_cursor": page.next_cursor})
+            return
+        table = Table()
+        for column in ("user", "created", "identifiers"):
+            table.add_column(column)
+        for u in page.users:
+            table.add_row(u.user_id, u.created_at.strftime("%Y-%m-%d %H:%M"),
+                          ", ".join(i.identifier for i in u.identifiers) or "-")
+        out.print(table)
+        if page.next_cursor:
+            out.print(f"more: --cursor {page.next_cursor}")
+
+    _run(work)
+
+
+@users.command("export")
+def users_export(
+    user_or_identifier: str = typer.Argument(..., help="usr_… or any of its identifiers."),
+    output: Path = typer.Option(None, "--output", "-o",
+                                help="Write the JSON here instead of to standard output."),
+    formation: str = FormationOption,
+):
+    """Everything kept about one user as one JSON document (for a data access request)."""
+
+    async def work(rt: Runtime) -> None:
+        fid = _formation(rt, formation)
+        document = await export_document(rt, fid, await user_of(rt, fid, user_or_identifier),
+                                         actor="cli")
+        text = json.dumps(document, indent=2, ensure_ascii=False)
+        if output is None:
+            sys.stdout.write(text + "\n")
+        else:
+            output.write_text(text + "\n", encoding="utf-8")
+            err.print(f"wrote {output} ({len(document['identifiers'])} identifiers, "
+                      f"{len(document['memories'])} memories, "
+                      f"{len(document['sessions'])} sessions)")
+
+    _run(work)
+
+
+@users.command("erase")
+def users_erase(
+    user_or_identifier: str = typer.Argument(..., help="usr_… or any of its identifiers."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    formation: str = FormationOption,
+):
+    """Erase one user everywhere: identifiers, memory, sessions, tasks, credentials.
+    Cannot be undone; export first if the data must be handed over."""
+
+    async def work(rt: Runtime) -> None:
+        fid = _formation(rt, formation)
+        user_id = await user_of(rt, fid, user_or_identifier)
+        identifiers = await rt.identity.identifiers_of(fid, user_id)
+        out.print(f"{user_id}: {', '.join(i.identifier for i in identifiers) or 'no identifiers'}")
+        if not yes:
+            if not sys.stdin.isatty():
+                err.print("refusing to erase without confirmation: run in a terminal, or "
+                          "add --yes")
+                raise typer.Exit(1)
+            if not typer.confirm("Erase this user and everything kept about them? "
+                                 "This cannot be undone"):
+                err.print("nothing erased")
+                raise typer.Exit(1)
+        erased = await rt.identity.erase(fid, user_id, actor="cli")
+        removed = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in erased.counts.items()
+                            if n)
+        out.print(f"erased {user_id}: {removed or 'nothing else kept'}")
+
+    _run(work)
