@@ -108,3 +108,46 @@ def test_migrate_on_a_fresh_install_succeeds_then_finds_nothing_pending(tmp_path
     again = subprocess.run([THREADLINE, "migrate", "--check"], cwd=tmp_path, env=_env(tmp_path),
                            text=True, capture_output=True, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_one_serve_per_sqlite_file_and_the_cli_beside_it_is_seen_at_once(tmp_path):
+    env = _env(tmp_path)
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 30
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
+        admin = {"X-Muxi-Admin-Key": re.search(r"X-Muxi-Admin-Key: +(\S+)", seen).group(1)}
+
+        second = subprocess.run([THREADLINE, "serve", "--port", "0"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"already served by pid {proc.pid}" in second.stderr
+        assert "PostgreSQL" in second.stderr and "Traceback" not in second.stderr
+
+        with httpx.Client(base_url=base + "/v1", headers=admin) as http:
+            def owner() -> int:
+                return http.post("/users/resolve", json={"identifier": "side@x.co",
+                                                         "create_user": False}).status_code
+            linked = subprocess.run([THREADLINE, "users", "link", "side@x.co"], cwd=tmp_path,
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert linked.returncode == 0, linked.stderr
+            assert owner() == 200  # now cached in the serving process
+            unlinked = subprocess.run([THREADLINE, "users", "unlink", "side@x.co"],
+                                      cwd=tmp_path, env=env, capture_output=True, text=True,
+                                      timeout=60)
+            assert unlinked.returncode == 0, unlinked.stderr
+            deadline = time.monotonic() + 5
+            while owner() != 404:
+                assert time.monotonic() < deadline, "the serving process kept its stale entry"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -19,6 +19,7 @@ from rich.console import Console
 from config.settings import Settings
 from gateway.api.app import create_app
 from gateway.runtime.formations import Formation, load_formations
+from gateway.runtime.sqlite_lock import hold_sqlite
 from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
 from gateway.runtime.wiring import Runtime
 from identity.storage import describe_url
@@ -119,6 +120,7 @@ async def embed_missing(runtime: Runtime) -> None:
 
 
 async def serve(settings: Settings, host: str, port: int, console: Console) -> None:
+    serving_lock = hold_sqlite(settings.database)  # noqa: F841  (held until the process ends)
     gateway = await build(settings)
     runtime = gateway.runtime
 

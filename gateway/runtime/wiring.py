@@ -12,7 +12,7 @@ from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
-from identity.cache import IdentityCache, make_backend
+from identity.cache import make_cache
 from memory import SCHEMA, Memory
 from memory.embeddings import Embedder
 
@@ -65,10 +65,9 @@ class Runtime:
         try:
             if migrate:
                 await db.migrate()
-            cache = IdentityCache(
-                make_backend(settings.cache, max_entries=settings.cache_max_entries),
-                ttl=settings.cache_ttl,
-            )
+            cache = make_cache(settings.cache, db, ttl=settings.cache_ttl,
+                               max_entries=settings.cache_max_entries)
+            await cache.start()
             identity = IdentityService(store_for(db), cache,
                                        IdentifierParser(settings.identity_key(),
                                                         extra_types=settings.identity_types))
