@@ -44,7 +44,7 @@ class Readiness:
         # A degraded cache costs speed, not answers: lookups go to the database.
         ready = database["status"] == "up"
         degraded = (cache["status"] != "up" or components["responder"]["status"] != "up"
-                    or any(c["status"] != "up" for c in channels.values()))
+                    or any(c["status"] not in ("up", "standby") for c in channels.values()))
         status = "not_ready" if not ready else "degraded" if degraded else "ready"
         return ready, {"status": status, "components": components}
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from config.settings import Settings
 from gateway.api.app import create_app
 from gateway.runtime.formations import Formation, load_formations
+from gateway.runtime.leases import run_under
 from gateway.runtime.sqlite_lock import hold_sqlite
 from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
 from gateway.runtime.wiring import Runtime
@@ -38,7 +39,7 @@ class Gateway:
 
 def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[Any]]:
     """Build every configured adapter; a misconfigured one is reported, not fatal."""
-    supervisor = Supervisor()
+    supervisor = Supervisor(leases=runtime.leases)
     refused: dict[str, str] = {}
     routes: list[Any] = []
     for name, config in runtime.settings.channels.items():
@@ -127,7 +128,10 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway.supervisor.start()
-        scheduler = asyncio.create_task(runtime.scheduler.run(), name="scheduler")
+        # One replica at a time runs the scheduler (its claims would keep two from firing
+        # a task twice, but one poller is enough).
+        scheduler = asyncio.create_task(
+            run_under(runtime.leases, "scheduler", runtime.scheduler.run), name="scheduler")
         embedding = asyncio.create_task(embed_missing(runtime), name="embed-missing")
         try:
             yield
@@ -135,8 +139,11 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
             embedding.cancel()
             log.info("shutting down: draining channels")
             await gateway.supervisor.stop()
-            runtime.scheduler.stop()
-            await scheduler
+            runtime.scheduler.stop()  # a running scheduler finishes its round; one on
+            await asyncio.wait({scheduler}, timeout=15)  # standby has nothing to finish
+            scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
             await runtime.close()
             log.info("stopped")
 

@@ -11,6 +11,7 @@ from gateway.conversation.engine import Engine
 from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
+from gateway.runtime.leases import Leases, LocalLeases, make_leases
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import make_cache
 from memory import SCHEMA, Memory
@@ -58,6 +59,8 @@ class Runtime:
     events: EventHub
     # The channels' states as the supervisor keeps them (set by `serve`), for readiness.
     channel_states: dict[str, Any] = field(default_factory=dict)
+    # Work one replica at a time does (exclusive channels, the scheduler).
+    leases: Leases = field(default_factory=LocalLeases)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -88,7 +91,7 @@ class Runtime:
         channels.add(LiveChannel("web", events))
         channels.add(LiveChannel("api", events))
         return cls(settings, db, identity, memory, engine, channels,
-                   Scheduler(memory, channels), events)
+                   Scheduler(memory, channels), events, leases=make_leases(db))
 
     async def close(self) -> None:
         if getattr(self, "_closed", False):
@@ -101,5 +104,6 @@ class Runtime:
         embedder_close = getattr(self.memory.users.embedder, "close", None)
         if embedder_close is not None:
             await embedder_close()
+        await self.leases.close()
         await self.identity.cache.close()
         await self.db.close()
