@@ -127,6 +127,7 @@ def engine(identity: IdentityService, memory_store: memory.Memory, formation: st
     from gateway.conversation.responders.offline import OfflineResponder
 
     identity.store.on_merge(memory_store.merge_into)
+    identity.store.on_unmerge(memory_store.unmerge)
     return Engine(identity, memory_store, OfflineResponder(), formation=formation)
 
 

@@ -69,14 +69,17 @@ class Runtime:
                 make_backend(settings.cache, max_entries=settings.cache_max_entries),
                 ttl=settings.cache_ttl,
             )
-            identity = IdentityService(store_for(db), cache,
+            store = store_for(db, merge_retention_days=settings.merge_retention_days)
+            identity = IdentityService(store, cache,
                                        IdentifierParser(settings.identity_key(),
                                                         extra_types=settings.identity_types))
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size,
                                  embedder=make_embedder(settings))
-            identity.store.on_merge(memory.merge_into)  # merging users carries memory along
+            # Merging users carries memory along; undoing a merge brings it back.
+            identity.store.on_merge(memory.merge_into)
+            identity.store.on_unmerge(memory.unmerge)
             responder = make_responder(settings)
         except BaseException:
             await db.close()
