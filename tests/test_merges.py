@@ -181,6 +181,23 @@ async def test_an_expired_merge_cannot_be_undone(identity_with_memory, memory_st
     assert await identity.resolve(formation, "bob@x.co", create=False) == alice
 
 
+async def test_past_its_window_a_journal_entry_keeps_who_and_when_but_not_what_moved(
+        identity_with_memory, memory_store, formation, db):
+    identity = identity_with_memory
+    alice, bob = await _two_users(identity, memory_store, formation)
+    old = await identity.merge(formation, alice, bob)
+    await db.execute("UPDATE merge_journal SET expires_at = $2 WHERE id = $1",
+                     old.id, time.time() - 1)
+    carol = await identity.resolve(formation, "carol@x.co")
+    await identity.merge(formation, alice, carol)  # a later merge clears what expired
+    kept = await identity.merge_record(formation, old.id)
+    assert kept.parts is None and (kept.kept_user, kept.merged_user) == (alice, bob)
+    assert "Paris" not in str(await db.fetch("SELECT * FROM merge_journal WHERE id = $1",
+                                             old.id))
+    with pytest.raises(MergeUndoRefusedError, match="window closed"):
+        await identity.undo_merge(formation, old.id)
+
+
 async def test_an_identifier_relinked_or_unlinked_since_blocks_the_undo_and_is_named(
         identity_with_memory, memory_store, formation):
     identity = identity_with_memory
