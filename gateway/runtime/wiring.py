@@ -71,15 +71,19 @@ class Runtime:
             cache = make_cache(settings.cache, db, ttl=settings.cache_ttl,
                                max_entries=settings.cache_max_entries)
             await cache.start()
-            identity = IdentityService(store_for(db), cache,
+            store = store_for(db, merge_retention_days=settings.merge_retention_days)
+            identity = IdentityService(store, cache,
                                        IdentifierParser(settings.identity_key(),
                                                         extra_types=settings.identity_types))
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size,
                                  embedder=make_embedder(settings))
-            identity.store.on_merge(memory.merge_into)  # merging users carries memory along
-            identity.store.on_erase(memory.erase_user)  # erasing a user erases their memory
+            # Merging users carries memory along; undoing a merge brings it back; erasing
+            # a user erases their memory.
+            identity.store.on_merge(memory.merge_into)
+            identity.store.on_unmerge(memory.unmerge)
+            identity.store.on_erase(memory.erase_user)
             responder = make_responder(settings)
         except BaseException:
             await db.close()
