@@ -151,3 +151,60 @@ def test_one_serve_per_sqlite_file_and_the_cli_beside_it_is_seen_at_once(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_serve_with_workers_shares_the_port_restarts_a_dead_worker_and_stops_cleanly(
+        tmp_path, postgres_url):
+    env = _env(tmp_path, THREADLINE_DATABASE_URL=postgres_url)
+    assert subprocess.run([THREADLINE, "migrate"], env=env, cwd=tmp_path,
+                          capture_output=True, timeout=120).returncode == 0
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0", "--workers", "2"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 60
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "workers    2 processes" in seen, seen
+        base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        with httpx.Client(base_url=base + "/v1") as http:
+            assert all(http.get("/health").status_code == 200 for _ in range(20))
+            os.kill(sorted(workers)[0], signal.SIGKILL)
+            # New connections (one kept alive to the dead worker is reset, as it would be)
+            # are answered by the other one meanwhile.
+            assert all(httpx.get(base + "/v1/health").status_code == 200 for _ in range(10))
+            deadline = time.monotonic() + 20
+            while len(_children(proc.pid) - workers) < 1:
+                assert time.monotonic() < deadline, "the dead worker was not started again"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, rest
+        assert _children(proc.pid) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path):
+    refused = subprocess.run([THREADLINE, "serve", "--workers", "2"], cwd=tmp_path,
+                             env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "needs PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr

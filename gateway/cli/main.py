@@ -336,6 +336,8 @@ def _fast_event_loop() -> None:
 def serve(
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", "-p", help="Port to listen on (default 8000)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64, help=(
+        "Processes sharing the port, each a full replica (needs PostgreSQL).")),
 ):
     """Run the gateway: HTTP API, web chat page, scheduler and every configured channel."""
     from gateway.runtime.server import serve as run_server
@@ -344,6 +346,12 @@ def serve(
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
         _fast_event_loop()
+        if workers > 1:
+            from gateway.runtime.workers import serve_workers
+
+            raise typer.Exit(serve_workers(settings, host or settings.host,
+                                           settings.port if port is None else port, workers,
+                                           err, run_server))
         asyncio.run(run_server(settings, host or settings.host,
                                settings.port if port is None else port, err))
     except (ConfigError, DatabaseError, IdentityError) as exc:

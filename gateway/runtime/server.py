@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -120,7 +121,10 @@ async def embed_missing(runtime: Runtime) -> None:
         log.info("embedded stored memories", count=done, model=users.embedder.name)
 
 
-async def serve(settings: Settings, host: str, port: int, console: Console) -> None:
+async def serve(settings: Settings, host: str, port: int, console: Console, *,
+                sockets: list[socket.socket] | None = None, quiet: bool = False) -> None:
+    """Serve until SIGTERM. `sockets`: listen on these (already bound, shared by the
+    workers of `serve --workers`); `quiet`: no start-up summary (all but the first)."""
     serving_lock = hold_sqlite(settings.database)  # noqa: F841  (held until the process ends)
     gateway = await build(settings)
     runtime = gateway.runtime
@@ -157,7 +161,7 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
 
     async def startup(sockets: Any = None) -> None:
         await original_startup(sockets=sockets)
-        if server.started:
+        if server.started and not quiet:
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
             summary(gateway, host, bound, console)
 
@@ -169,7 +173,7 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.handle_exit, sig, None)
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         if not server.started:
             await runtime.close()
