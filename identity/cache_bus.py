@@ -22,6 +22,7 @@ _MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 and mor
 
 
 class Bus(Protocol):
+    name: str
     healthy: bool
 
     async def start(self, on_change: OnChange, on_reset: OnReset) -> None: ...
