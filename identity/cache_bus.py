@@ -139,7 +139,7 @@ class RedisBus(_Listener):
                 if change is not None:
                     on_change(*change)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
 
     async def publish(self, formation: str, keys: list[str]) -> None:
