@@ -22,6 +22,7 @@ from gateway.api import (
 )
 from gateway.api.envelope import install_error_handlers
 from gateway.api.limits import BodyLimit
+from gateway.api.request_ids import RequestIds
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 
@@ -82,4 +83,5 @@ def create_app(runtime: Runtime, formations: dict[str, Formation], *,
         app.router.routes.append(route)
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, formations=formations,
                        default=runtime.settings.formation_id)
+    app.add_middleware(RequestIds)  # outermost: every answer carries X-Request-ID
     return app

@@ -9,7 +9,6 @@ A redelivered message whose turn committed gets the stored reply, never a second
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import Any, cast
@@ -20,6 +19,11 @@ from config.errors import ThreadlineError
 from gateway.conversation.commands import is_command, run_command
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.conversation.ports import Send
+from gateway.conversation.request_ids import (
+    bound_request_id,
+    current_request_id,
+    new_request_id,
+)
 from gateway.conversation.responders.base import (
     Context,
     Responder,
@@ -75,6 +79,11 @@ class Engine:
         process is answering it (within its lease). With `message.replay` an answered one
         gets its stored reply again instead. A reply stored by a process that died before
         saying it is said now, without a second turn."""
+        with bound_request_id():  # the HTTP request's, or one of the turn's own
+            return await self._handle(message, send, on_delta=on_delta)
+
+    async def _handle(self, message: InboundMessage, send: Send | None,
+                      on_delta: Delta | None) -> Reply | None:
         if "\x00" in message.text:  # no database stores it; a platform may still send it
             message = replace(message, text=message.text.replace("\x00", ""))
         formation = message.formation or self.formation
@@ -142,7 +151,7 @@ class Engine:
                       token: str | None, *, sent: bool, on_delta: Delta | None = None) -> Reply:
         user_id = message.user_id or await self.identity.resolve(formation, message.identifier)
         assert user_id is not None
-        request_id = f"req_{uuid.uuid4().hex[:16]}"
+        request_id = current_request_id() or new_request_id()
         if is_command(message.text):
             # Not a conversation turn: link codes stay out of buffers and memory.
             answer = await run_command(message.text, formation=formation,
@@ -218,7 +227,7 @@ class Engine:
             user_id, session, text, answer, response.changes, tasks, loaded, completion,
             source))
         log.info("turn", channel=channel, user_id=user_id, session_id=stored.id,
-                 new_session=session.is_new, request_id=request_id)
+                 new_session=session.is_new)  # request_id: bound for the whole turn
         return reply if stored.id == session.id else replace(reply, session_id=stored.id)
 
     async def _tell_other_channels(self, formation: str, user_id: str,

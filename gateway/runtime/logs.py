@@ -97,7 +97,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", *, cache: bool = T
     )
     handler = _Handler(_Stderr())  # type: ignore[arg-type]
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+        # merge_contextvars: a library's record logged during a request or a turn carries
+        # its request_id too.
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars,
+                           structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            stamp, fold_network_tracebacks],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer],
