@@ -66,6 +66,8 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    # GET /metrics is open unless this is set; then it needs "Authorization: Bearer KEY".
+    metrics_key: SecretStr | None = None
     formation_file: Path | None = None
     secrets_file: Path | None = None
     # More formations served by this process: [{"id", "admin_key", "client_key"}].

@@ -11,6 +11,7 @@ from gateway.conversation.engine import Engine
 from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
+from gateway.runtime.metrics import Metrics
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
 from memory import SCHEMA, Memory
@@ -58,10 +59,12 @@ class Runtime:
     events: EventHub
     # The channels' states as the supervisor keeps them (set by `serve`), for readiness.
     channel_states: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
         db = await connect(settings.database, schema=SCHEMA)
+        metrics = Metrics()
         try:
             if migrate:
                 await db.migrate()
@@ -71,7 +74,8 @@ class Runtime:
             )
             identity = IdentityService(store_for(db), cache,
                                        IdentifierParser(settings.identity_key(),
-                                                        extra_types=settings.identity_types))
+                                                        extra_types=settings.identity_types),
+                                       on_lookup=metrics.identity_lookup)
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size,
@@ -82,14 +86,15 @@ class Runtime:
         except BaseException:
             await db.close()
             raise
-        engine = Engine(identity, memory, responder, formation=settings.formation_id)
+        engine = Engine(identity, memory, responder, formation=settings.formation_id,
+                        observer=metrics)
         # The web chat and the API are channels too: they reach a person while a page or an
         # event stream of theirs is open.
         events, channels = EventHub(), ChannelRegistry()
         channels.add(LiveChannel("web", events))
         channels.add(LiveChannel("api", events))
         return cls(settings, db, identity, memory, engine, channels,
-                   Scheduler(memory, channels), events)
+                   Scheduler(memory, channels), events, metrics=metrics)
 
     async def close(self) -> None:
         if getattr(self, "_closed", False):
