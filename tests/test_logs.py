@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from adapters import telegram
-from gateway.runtime.logs import configure_logging, is_network_error
+from gateway.runtime.logs import Throttle, configure_logging, is_network_error
 from tests.peers.http import stop
 from tests.peers.telegram import TOKEN, TelegramPeer
 from tests.test_telegram import private
@@ -50,6 +50,30 @@ def test_library_records_are_json_and_network_tracebacks_fold_into_one_line(json
     (httpx.ReadTimeout("slow"), True), (ValueError("bad"), False), (KeyError("k"), False)])
 def test_what_counts_as_a_network_failure(exc, expected):
     assert is_network_error(exc) is expected
+
+
+def test_an_error_raised_from_a_network_failure_is_one_too():
+    from identity.storage import DatabaseUnavailableError
+
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except OSError as exc:
+            raise DatabaseUnavailableError("the database is unavailable") from exc
+    except DatabaseUnavailableError as exc:
+        assert is_network_error(exc)
+    assert not is_network_error(DatabaseUnavailableError("no cause"))
+
+
+def test_a_throttle_lets_one_line_per_class_per_interval_through():
+    now = [0.0]
+    throttle = Throttle(interval=10.0, clock=lambda: now[0])
+    assert throttle.allow("ConnectionRefusedError") == 0
+    assert [throttle.allow("ConnectionRefusedError") for _ in range(500)] == [None] * 500
+    assert throttle.allow("AdminShutdownError") == 0  # another class: its own line
+    now[0] = 10.0
+    assert throttle.allow("ConnectionRefusedError") == 500  # with how many were not logged
+    assert throttle.allow("ConnectionRefusedError") is None
 
 
 async def test_a_failed_telegram_poll_is_one_json_line(json_logs, engine):
