@@ -21,12 +21,18 @@ from gateway.runtime.logs import Throttle
 
 log = structlog.get_logger("threadline.http")
 
-_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-              b"content-length: 46\r\nconnection: close\r\n\r\n"
-              b"the request headers did not arrive in time.\r\n\r\n")
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
-         b"content-type: text/plain; charset=utf-8\r\ncontent-length: 40\r\n"
-         b"connection: close\r\n\r\ntoo many open connections; retry soon.\r\n")
+
+def _answer(status: str, text: str, *extra: str) -> bytes:
+    body = text.encode()
+    head = [f"HTTP/1.1 {status}", "content-type: text/plain; charset=utf-8",
+            f"content-length: {len(body)}", "connection: close", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+_TIMED_OUT = _answer("408 Request Timeout", "the request headers did not arrive in time\n")
+_BUSY = _answer("503 Service Unavailable", "too many open connections; retry soon\n",
+                "retry-after: 1")
+
 # Descriptors kept for everything but client sockets: the database pool, the channels'
 # connections, log files, the listening socket.
 DESCRIPTOR_MARGIN = 256
