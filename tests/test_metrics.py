@@ -117,3 +117,17 @@ def test_each_runtime_has_a_registry_of_its_own():
     assert value(samples(second.render_now().decode()),
                  "threadline_turn_duration_seconds_count", channel="api",
                  outcome="answered") is None
+
+
+async def test_a_retried_request_counts_as_replayed_not_as_a_second_turn(server):
+    url, _ = server
+    headers = {"X-Muxi-Client-Key": CLIENT, "X-Muxi-User-ID": "retry@acme.com",
+               "X-Muxi-Idempotency-Key": "k-1"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        for _ in range(3):
+            answer = await http.post("/v1/chat", json={"message": "hello"}, headers=headers)
+            assert answer.status_code == 200
+        found = samples((await http.get("/metrics")).text)
+    turns = "threadline_turn_duration_seconds_count"
+    assert value(found, turns, channel="api", outcome="answered") == 1
+    assert value(found, turns, channel="api", outcome="replayed") == 2

@@ -127,21 +127,22 @@ class Engine:
         token: str | None = None
         if key is not None:
             claim = await self.memory.claims.claim(key)
-            turn.outcome = "duplicate" if claim.state in ("busy", "sent") else "replayed"
             if claim.state == "busy":
                 log.info("message is being answered already", channel=message.channel)
+                turn.outcome = "duplicate"
                 return None
             if claim.state == "sent":
                 if message.replay and claim.reply:  # a retry gets the same reply again
                     turn.outcome = "replayed"
                     return await self._say(None, _reply(claim.reply), send)
                 log.info("duplicate message ignored", channel=message.channel)
+                turn.outcome = "duplicate"
                 return None
             if claim.state == "answered" and claim.reply:
                 log.info("stored reply said again", channel=message.channel)
+                turn.outcome = "replayed"
                 return await self._say(key, _reply(claim.reply), send)
             token = claim.token
-            turn.outcome = "answered"
         try:
             reply = await self._answer(formation, message, key, token, turn, sent=send is None,
                                        on_delta=on_delta)
