@@ -17,13 +17,19 @@ already owns that address, so someone known from the web is recognised on Slack 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import structlog
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.starlette.async_handler import (
+    to_async_bolt_request,
+    to_starlette_response,
+)
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -32,7 +38,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters._common import GrowingReply, InFlight, choice, number, setting, split_text
@@ -49,6 +55,10 @@ MESSAGE_LIMIT = 4000
 # Subtypes that are still a person writing; every other subtype (bot_message,
 # message_changed, channel_join, …) is not a message to answer.
 _PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+# What a signed request's headers look like: Unix seconds, and v0= with a SHA-256 HMAC.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+MAX_CLOCK_SKEW = 300  # seconds; older requests are refused as replays (Slack's own rule)
 _AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
                           "token_expired", "not_allowed_token_type"})
 
@@ -72,15 +82,15 @@ def inbound_from_event(body: Mapping[str, Any], *, bot_user_id: str | None,
     user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
     if event.get("bot_id") or event.get("subtype") not in _PERSON_SUBTYPES:
         return None
-    if not user or not channel or not ts or user == bot_user_id:
+    if not _texts(user, channel, ts) or user == bot_user_id:
         return None
     direct = event["type"] == "message"
     if direct and event.get("channel_type") != "im":
         return None  # in channels the mention arrives (again) as app_mention
-    text = strip_mention(event.get("text") or "", bot_user_id)
-    if not text:
-        return None
+    text = event.get("text") or ""
     thread_ts = event.get("thread_ts") or ts
+    if not _texts(text, thread_ts) or not (text := strip_mention(text, bot_user_id)):
+        return None
     return InboundMessage(
         channel=CHANNEL,
         identifier=(user, "slack"),
@@ -93,6 +103,10 @@ def inbound_from_event(body: Mapping[str, Any], *, bot_user_id: str | None,
         extras={"channel": channel, "thread_ts": thread_ts, "ts": ts,
                 "team": event.get("team") or body.get("team_id")},
     )
+
+
+def _texts(*values: Any) -> bool:
+    return all(isinstance(v, str) and v for v in values)
 
 
 def conversation_key(channel: str, thread_ts: str | None) -> str:
@@ -163,7 +177,7 @@ class SlackAdapter:
                             request_verification_enabled=mode == "http", name="threadline")
         self.app.event("message")(self._on_event)
         self.app.event("app_mention")(self._on_event)
-        self._handler = AsyncSlackRequestHandler(self.app)
+        self._signing_key = signing_secret.encode() if signing_secret else None
         self._inflight = InFlight(CHANNEL)
         self._first_contact: dict[str, asyncio.Lock] = {}
         self._stopping = False
@@ -179,7 +193,34 @@ class SlackAdapter:
     async def _events(self, request: Request) -> Response:
         if self._stopping:  # Slack retries elsewhere or later
             return Response(status_code=503)
-        return await self._handler.handle(request)
+        # Checked here before slack-bolt dispatches: it answers 500 to a timestamp that is
+        # not a number and to a body it cannot read. The signature comes first, so an
+        # unsigned caller learns nothing about what we accept.
+        raw = await request.body()
+        if not self._signed(raw, request.headers.get("x-slack-request-timestamp", ""),
+                            request.headers.get("x-slack-signature", "")):
+            return JSONResponse({"error": "invalid request"}, status_code=401)
+        try:  # reading the body into a request (and its context) is all parsing
+            bolt_request = to_async_bolt_request(request, raw)
+            readable = isinstance(bolt_request.body.get("event", {}), Mapping)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            readable = False
+        if not readable:
+            return JSONResponse({"error": "malformed request body"}, status_code=400)
+        return to_starlette_response(await self.app.async_dispatch(bolt_request))
+
+    def _signed(self, raw: bytes, timestamp: str, signature: str) -> bool:
+        """Slack's v0 signature, over the body's bytes (slack_sdk's verifier decodes them
+        as UTF-8 first, and raises on anything else)."""
+        if self._signing_key is None or not _SIGNATURE.fullmatch(signature):
+            return False
+        if not _TIMESTAMP.fullmatch(timestamp):
+            return False
+        if abs(time.time() - int(timestamp)) > MAX_CLOCK_SKEW:  # a replay
+            return False
+        digest = hmac.new(self._signing_key, b"v0:" + timestamp.encode() + b":" + raw,
+                          hashlib.sha256).hexdigest()
+        return hmac.compare_digest(f"v0={digest}", signature)
 
     async def run(self, ready: Ready = QUIET) -> None:
         bot = await self.check()

@@ -67,6 +67,13 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    # A client has this long to send a request's headers (from connecting, or from the first
+    # byte of a later request on a kept-alive connection); then the connection is closed.
+    header_timeout: float = Field(10.0, gt=0, le=3600)
+    # Open connections beyond this are answered 503 and closed at once (file descriptors).
+    max_connections: int = Field(1000, ge=1)
+    # GET /metrics is open unless this is set; then it needs "Authorization: Bearer KEY".
+    metrics_key: SecretStr | None = None
     formation_file: Path | None = None
     secrets_file: Path | None = None
     # More formations served by this process: [{"id", "admin_key", "client_key"}].

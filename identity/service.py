@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -48,11 +48,17 @@ def check_user_id(user_id: Any, *, field: str = "user_id") -> str:
     return user_id
 
 
+def _unobserved(hit: bool) -> None:
+    pass
+
+
 class IdentityService:
-    def __init__(self, store: IdentityStore, cache: IdentityCache, parser: IdentifierParser):
+    def __init__(self, store: IdentityStore, cache: IdentityCache, parser: IdentifierParser,
+                 *, on_lookup: Callable[[bool], None] = _unobserved):
         self.store = store
         self.cache = cache
         self.parser = parser
+        self.on_lookup = on_lookup  # called once per resolve: answered by the cache or not
 
     def parse(self, raw: Any) -> Identifier:
         return self.parser.parse(raw)
@@ -74,17 +80,21 @@ class IdentityService:
         if ident.type is None and not ident.secret:
             key = self.parser.as_api_key(ident)
             if (owner := await self.cache.get(formation, key.key)) is not None:
+                self.on_lookup(True)
                 return owner, key
             if (owner := await self.cache.get(formation, ident.key)) is not None:
+                self.on_lookup(True)
                 return owner, ident
             found = await self.cache.fill(formation, key.key,
                                           lambda: self.store.lookup(formation, key.key))
             if found is not None:
+                self.on_lookup(False)
                 return found, key
         return await self._resolve(formation, ident, create=create), ident
 
     async def _resolve(self, formation: str, ident: Identifier, *, create: bool) -> str | None:
         cached = await self.cache.get(formation, ident.key)
+        self.on_lookup(cached is not None)
         if cached is not None:
             return cached
         created = False

@@ -198,6 +198,15 @@ class Tasks:
             " GROUP BY status", formation)
         return {r[0]: int(r[1]) for r in rows}
 
+    async def oldest_due(self, at: float | None = None) -> float | None:
+        """When the most overdue task was due (one `claim_due` would take), or None."""
+        at = now() if at is None else at
+        value = await self.db.fetchval(
+            "SELECT min(next_run) FROM scheduled_tasks WHERE"
+            " (status = 'scheduled' AND next_run <= $1)"
+            " OR (status = 'running' AND claimed_at < $2)", at, at - LEASE_SECONDS)
+        return float(value) if value is not None else None
+
     async def claim_due(self, worker: str, limit: int = 50, at: float | None = None,
                         formation: str | None = None) -> builtins.list[Task]:
         """Take the due tasks (of one formation, or all) for this worker; no other worker

@@ -1,5 +1,6 @@
 """`threadline serve` and `threadline doctor` as a person runs them."""
 
+import asyncio
 import os
 import re
 import signal
@@ -208,3 +209,120 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path):
                              env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "needs PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# --- slow clients and the connection cap --------------------------------------------------
+
+class Served:
+    """`threadline serve` in a subprocess, on a free port, with extra settings."""
+
+    def __init__(self, tmp_path: Path, **settings: str) -> None:
+        self.proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path,
+                                     env=_env(tmp_path, **settings), stderr=subprocess.PIPE,
+                                     text=True)
+        seen, deadline = "", time.monotonic() + 30
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        match = re.search(r"is up on http://127\.0\.0\.1:(\d+)", seen)
+        assert match, seen
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rest = self.proc.stderr.read()
+            self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return rest
+
+
+async def _slowloris(port: int, interval: float, give_up: float, *,
+                     kept_alive: bool = False) -> tuple[float, bytes]:
+    """Open a connection and send a request's headers a byte at a time, never finishing;
+    returns when the server closed it (seconds after it started trickling) and what it
+    said. `kept_alive`: after one complete request on the same connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if kept_alive:
+        writer.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+        await reader.readexactly(length)
+    started = time.monotonic()
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    said = b""
+    try:
+        while time.monotonic() - started < give_up:
+            try:
+                chunk = await asyncio.wait_for(reader.read(1024), interval)
+            except TimeoutError:
+                writer.write(b"z")  # another byte: enough to reset an idle timer
+                continue
+            if not chunk:
+                return time.monotonic() - started, said
+            said += chunk
+        return float("inf"), said
+    except ConnectionResetError:
+        return time.monotonic() - started, said
+    finally:
+        writer.close()
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_slow_clients_are_closed_after_the_header_timeout_while_others_are_served(
+        tmp_path):
+    served = Served(tmp_path, THREADLINE_HEADER_TIMEOUT="1")
+    try:  # 300 clients, 20 of them after a first request on the same connection
+        slow = [asyncio.create_task(_slowloris(served.port, 0.2, give_up=8, kept_alive=i < 20))
+                for i in range(300)]
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            assert (await http.get("/v1/health")).status_code == 200  # served meanwhile
+            closed = await asyncio.gather(*slow)
+            metrics = (await http.get("/metrics")).text
+    finally:
+        served.stop()
+    after = sorted(seconds for seconds, _ in closed)
+    assert after[-1] < 3.0, after[-5:]  # 1 s, and a little for 300 connections at once
+    assert after[0] >= 0.5  # not before the timeout (the client may see it a little late)
+    assert all(said.startswith(b"HTTP/1.1 408 ") for _, said in closed)
+    assert _metric(metrics, "threadline_http_header_timeouts_total") == 300
+    print(f"\n300 slow clients closed {after[0]:.2f}-{after[-1]:.2f} s after connecting "
+          "(header timeout 1 s)")
+
+
+async def test_connections_over_the_cap_are_refused_at_once_with_503(tmp_path):
+    served = Served(tmp_path, THREADLINE_MAX_CONNECTIONS="50", THREADLINE_HEADER_TIMEOUT="2")
+    idle = []
+    try:
+        for _ in range(50):  # connected, saying nothing: each holds a slot for 2 s
+            idle.append(await asyncio.open_connection("127.0.0.1", served.port))
+        await asyncio.sleep(0.2)
+        refused = []
+        for _ in range(10):
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            said = await asyncio.wait_for(reader.read(), 2)
+            refused.append((time.monotonic() - started, said))
+            writer.close()
+        for _, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            assert (await http.get("/v1/health")).status_code == 200  # a slot is free again
+            metrics = (await http.get("/metrics")).text
+    finally:
+        served.stop()
+    assert all(said.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in said.lower()
+               for _, said in refused), refused
+    assert max(seconds for seconds, _ in refused) < 0.5
+    assert _metric(metrics, "threadline_http_connections_refused_total") == 10

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -59,6 +61,12 @@ class Slack:
                 self.url + "/slack/events", content=raw,
                 headers={"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
                          "X-Slack-Signature": signature, **(headers or {})})
+
+    async def post(self, raw: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """POST bytes with exactly these headers (no signing of our own)."""
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            return await client.post(self.url + "/slack/events", content=raw,
+                                     headers=dict(headers))
 
     async def dm(self, text: str, *, user: str = "U98765ABC", n: int, **event: Any) -> dict:
         """Send a direct message (the n-th of the test) and wait for the n-th reply."""
@@ -190,6 +198,72 @@ async def test_a_forged_signature_or_a_replayed_timestamp_is_rejected(bot: Slack
     assert len(await bot.peer.wait_posted(1)) == 1
     await bot.dm("hello", n=2)
     assert len(bot.peer.posted) == 2
+
+
+def signed(raw: bytes, timestamp: str, *, secret: str = SIGNING_SECRET,
+           content_type: str = "application/json") -> dict[str, str]:
+    """The headers Slack would send with `raw`, signed over `timestamp` as given."""
+    basestring = b"v0:" + timestamp.encode() + b":" + raw
+    digest = hmac.new(secret.encode(), basestring, hashlib.sha256).hexdigest()
+    return {"Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": f"v0={digest}"}
+
+
+NOW = str(int(time.time()))
+_EVENT = json.dumps(fixture("message_im")).encode()
+
+
+@pytest.mark.parametrize(("raw", "headers"), [
+    # The timestamp: not a number, absurdly long, missing, empty.
+    (_EVENT, signed(_EVENT, "yesterday")),
+    (_EVENT, signed(_EVENT, "1e9")),
+    (_EVENT, signed(_EVENT, "9" * 5000)),
+    (_EVENT, signed(_EVENT, "")),
+    (_EVENT, {k: v for k, v in signed(_EVENT, NOW).items()
+              if k != "X-Slack-Request-Timestamp"}),
+    # The signature: missing, not v0=hex.
+    (_EVENT, {k: v for k, v in signed(_EVENT, NOW).items() if k != "X-Slack-Signature"}),
+    (_EVENT, {**signed(_EVENT, NOW), "X-Slack-Signature": "v0=zz"}),
+    # Unsigned garbage.
+    (b"\xff\xfe not json", {"Content-Type": "application/json"}),
+], ids=["word-timestamp", "float-timestamp", "huge-timestamp", "empty-timestamp",
+        "no-timestamp", "no-signature", "bad-signature", "unsigned-garbage"])
+async def test_a_request_with_malformed_signing_headers_is_refused_with_401(bot: Slack, raw,
+                                                                            headers):
+    answer = await bot.post(raw, headers)
+    assert answer.status_code == 401, answer.text
+    assert bot.peer.calls_to("users.info") == []  # nothing reached the engine
+
+
+@pytest.mark.parametrize(("raw", "content_type"), [
+    (b"{not json", "application/json"),
+    (b"\xff\xfe\x00", "application/json"),
+    (b"[1, 2, 3]", "application/json"),
+    (b'"just a string"', "application/json"),
+    (json.dumps({"type": "event_callback", "event": "not an object"}).encode(),
+     "application/json"),
+    (json.dumps({"type": "event_callback", "event": {"type": "message", "user": ["U1"],
+                                                     "channel": {"id": 1}, "ts": 5,
+                                                     "channel_type": "im",
+                                                     "text": 42}}).encode(),
+     "application/json"),
+    (json.dumps({**fixture("message_im"), "authorizations": "none"}).encode(),
+     "application/json"),
+    (json.dumps({**fixture("message_im"), "enterprise": 5, "team_id": [1]}).encode(),
+     "application/json"),
+    (b"payload=%7Bnot+json", "application/x-www-form-urlencoded"),
+    (b"payload=%5B1%5D", "application/x-www-form-urlencoded"),
+], ids=["broken-json", "not-utf8", "json-array", "json-string", "event-not-object",
+        "event-fields-of-wrong-types", "authorizations-not-a-list",
+        "enterprise-and-team-of-wrong-types", "form-broken-json", "form-array"])
+async def test_a_properly_signed_but_malformed_body_is_a_4xx_never_a_500(bot: Slack, raw,
+                                                                          content_type):
+    answer = await bot.post(raw, signed(raw, str(int(time.time())),
+                                        content_type=content_type))
+    assert 400 <= answer.status_code < 500 or answer.status_code == 200, answer.text
+    assert answer.status_code != 500
+    await bot.dm("hello", n=1)  # the channel still answers
+    assert len(bot.peer.posted) == 1
 
 
 async def test_a_slack_retry_of_one_event_gets_one_reply(bot: Slack):
@@ -391,6 +465,14 @@ def test_mentions_are_keyed_by_thread_and_lose_the_leading_mention():
                                   "message_channel", "url_verification"])
 def test_events_not_for_us_become_nothing(name):
     assert slack.inbound_from_event(fixture(name), bot_user_id=BOT_USER_ID) is None
+
+
+@pytest.mark.parametrize("change", [{"user": ["U98765ABC"]}, {"channel": {"id": "D1"}},
+                                    {"ts": 1700000000.0001}, {"text": 42},
+                                    {"thread_ts": ["1.2"]}])
+def test_an_event_with_fields_of_the_wrong_types_is_not_a_message(change):
+    assert slack.inbound_from_event(fixture("message_im", **change),
+                                    bot_user_id=BOT_USER_ID) is None
 
 
 def test_a_mention_with_nothing_else_is_not_a_message():

@@ -23,6 +23,8 @@ from gateway.api import (
 )
 from gateway.api.envelope import install_error_handlers
 from gateway.api.limits import BodyLimit
+from gateway.api.request_ids import RequestIds
+from gateway.runtime import metrics
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 
@@ -79,8 +81,9 @@ def create_app(runtime: Runtime, formations: dict[str, Formation], *,
     router = api_router()
     app.include_router(router, prefix="/v1")
     app.include_router(router, prefix="/api/{formation_id}/v1", include_in_schema=False)
-    for route in extra_routes or []:
+    for route in [metrics.route(), *(extra_routes or [])]:
         app.router.routes.append(route)
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, formations=formations,
                        default=runtime.settings.formation_id)
+    app.add_middleware(RequestIds)  # outermost: every answer carries X-Request-ID
     return app

@@ -14,6 +14,7 @@ from pydantic import AfterValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import ThreadlineError
+from gateway.runtime.logs import Throttle
 from identity import (
     IdentifierConflictError,
     IdentifierNotFoundError,
@@ -23,10 +24,13 @@ from identity import (
     MergeUndoRefusedError,
     UserNotFoundError,
 )
+from identity.storage import DatabaseUnavailableError
 from memory.lifecycle import iso  # noqa: F401  (one ISO 8601 UTC form everywhere)
 from memory.types import InvalidScheduleError, NotFoundError, TaskStateError
 
 log = structlog.get_logger("threadline.api")
+
+RETRY_AFTER = "5"  # seconds, as /ready says while a dependency is down
 
 
 def _no_nul(value: str) -> str:
@@ -105,6 +109,22 @@ def _identity_status(exc: IdentityError) -> tuple[int, str, dict[str, Any]]:
 
 
 def install_error_handlers(app: Any) -> None:
+    outages = Throttle(interval=10.0)
+
+    @app.exception_handler(DatabaseUnavailableError)
+    async def database_down(request: Request, exc: DatabaseUnavailableError) -> JSONResponse:
+        # Every request fails alike while it lasts: one line per failure class per interval.
+        cause = exc.__cause__ or exc
+        if (suppressed := outages.allow(type(cause).__name__)) is not None:
+            log.warning("database unavailable; answering 503", error=str(exc),
+                        suppressed=suppressed)
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.unavailable.labels("database").inc()
+        return error_response(request, 503, "DATABASE_UNAVAILABLE",
+                              "the database cannot be reached just now; try again shortly",
+                              headers={"Retry-After": RETRY_AFTER})
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request, exc.status, exc.code, exc.message, exc.details,

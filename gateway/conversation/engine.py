@@ -9,10 +9,10 @@ A redelivered message whose turn committed gets the stored reply, never a second
 from __future__ import annotations
 
 import asyncio
-import uuid
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -20,6 +20,11 @@ from config.errors import ThreadlineError
 from gateway.conversation.commands import is_command, run_command
 from gateway.conversation.messages import InboundMessage, Reply
 from gateway.conversation.ports import Send
+from gateway.conversation.request_ids import (
+    bound_request_id,
+    current_request_id,
+    new_request_id,
+)
 from gateway.conversation.responders.base import (
     Context,
     Responder,
@@ -53,13 +58,37 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class Observer(Protocol):
+    """Told of every turn and every responder call (the runtime's metrics)."""
+
+    def turn(self, channel: str, outcome: str, seconds: float) -> None: ...
+
+    def responder(self, name: str, seconds: float, error: BaseException | None) -> None: ...
+
+
+class _Unobserved:
+    def turn(self, channel: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def responder(self, name: str, seconds: float, error: BaseException | None) -> None:
+        pass
+
+
+class _Turn:
+    """How a turn ended: answered, apology (the responder failed), command, replayed (a
+    stored reply said again), duplicate (nothing said), error or cancelled."""
+
+    outcome = "answered"
+
+
 class Engine:
     def __init__(self, identity: IdentityService, memory: Memory, responder: Responder,
-                 *, formation: str = "default") -> None:
+                 *, formation: str = "default", observer: Observer | None = None) -> None:
         self.identity = identity
         self.memory = memory
         self.responder = responder
         self.formation = formation
+        self.observer: Observer = observer or _Unobserved()
         self.linker = Linker(memory.users.db, identity)
 
     # -- the port every transport uses --
@@ -75,6 +104,21 @@ class Engine:
         process is answering it (within its lease). With `message.replay` an answered one
         gets its stored reply again instead. A reply stored by a process that died before
         saying it is said now, without a second turn."""
+        turn, started = _Turn(), time.monotonic()
+        with bound_request_id():  # the HTTP request's, or one of the turn's own
+            try:
+                return await self._handle(message, send, on_delta, turn)
+            except asyncio.CancelledError:
+                turn.outcome = "cancelled"
+                raise
+            except Exception:
+                turn.outcome = "error"
+                raise
+            finally:
+                self.observer.turn(message.channel, turn.outcome, time.monotonic() - started)
+
+    async def _handle(self, message: InboundMessage, send: Send | None,
+                      on_delta: Delta | None, turn: _Turn) -> Reply | None:
         if "\x00" in message.text:  # no database stores it; a platform may still send it
             message = replace(message, text=message.text.replace("\x00", ""))
         formation = message.formation or self.formation
@@ -85,21 +129,26 @@ class Engine:
             claim = await self.memory.claims.claim(key)
             if claim.state == "busy":
                 log.info("message is being answered already", channel=message.channel)
+                turn.outcome = "duplicate"
                 return None
             if claim.state == "sent":
                 if message.replay and claim.reply:  # a retry gets the same reply again
+                    turn.outcome = "replayed"
                     return await self._say(None, _reply(claim.reply), send)
                 log.info("duplicate message ignored", channel=message.channel)
+                turn.outcome = "duplicate"
                 return None
             if claim.state == "answered" and claim.reply:
                 log.info("stored reply said again", channel=message.channel)
+                turn.outcome = "replayed"
                 return await self._say(key, _reply(claim.reply), send)
             token = claim.token
         try:
-            reply = await self._answer(formation, message, key, token, sent=send is None,
+            reply = await self._answer(formation, message, key, token, turn, sent=send is None,
                                        on_delta=on_delta)
         except ClaimLostError:
             log.info("message answered by another process", channel=message.channel)
+            turn.outcome = "duplicate"
             return None
         except BaseException:
             if key is not None and token is not None:  # let a redelivery try again
@@ -139,12 +188,14 @@ class Engine:
         return reply
 
     async def _answer(self, formation: str, message: InboundMessage, key: MessageKey | None,
-                      token: str | None, *, sent: bool, on_delta: Delta | None = None) -> Reply:
+                      token: str | None, turn: _Turn, *, sent: bool,
+                      on_delta: Delta | None = None) -> Reply:
         user_id = message.user_id or await self.identity.resolve(formation, message.identifier)
         assert user_id is not None
-        request_id = f"req_{uuid.uuid4().hex[:16]}"
+        request_id = current_request_id() or new_request_id()
         if is_command(message.text):
             # Not a conversation turn: link codes stay out of buffers and memory.
+            turn.outcome = "command"
             answer = await run_command(message.text, formation=formation,
                                        identifier=message.identifier or user_id,
                                        user_id=user_id, identity=self.identity,
@@ -165,7 +216,7 @@ class Engine:
         pieces = _Pieces(on_delta) if on_delta is not None else None
         try:
             return await self._converse(formation, user_id, message, request_id, completion,
-                                        pieces)
+                                        turn, pieces)
         except Exception as exc:
             if not is_foreign_key_violation(exc) or message.identifier is None:
                 raise
@@ -176,10 +227,10 @@ class Engine:
         user_id = await self.identity.refresh(formation, message.identifier)
         assert user_id is not None
         return await self._converse(formation, user_id, message, request_id, completion,
-                                    None if pieces is not None and pieces.said else pieces)
+                                    turn, None if pieces is not None and pieces.said else pieces)
 
     async def _converse(self, formation: str, user_id: str, message: InboundMessage,
-                        request_id: str, completion: Completion | None,
+                        request_id: str, completion: Completion | None, turn: _Turn,
                         pieces: _Pieces | None = None) -> Reply:
         memory, channel, text = self.memory, message.channel, message.text
         session, loaded = await memory.turns.open(user_id, formation, channel,
@@ -191,6 +242,7 @@ class Engine:
                           at)
         changes = understand(text, at).changes
         answer: str | None
+        asked = time.monotonic()
         try:
             if pieces is not None and getattr(self.responder, "streams", False):
                 streaming = cast(StreamingResponder, self.responder)
@@ -198,7 +250,9 @@ class Engine:
             else:
                 response = await self.responder.respond(context, changes)
             answer = response.text
+            self.observer.responder(self.responder.name, time.monotonic() - asked, None)
         except Exception as exc:  # the apology is said, never kept as memory
+            self.observer.responder(self.responder.name, time.monotonic() - asked, exc)
             if pieces is not None and pieces.said:  # half an answer is out: keep nothing
                 log.warning("responder stream broke", responder=self.responder.name,
                             user_id=user_id, error=describe(exc))
@@ -208,6 +262,7 @@ class Engine:
             log.warning("responder failed", responder=self.responder.name, user_id=user_id,
                         error=describe(exc))
             response, answer = Response(APOLOGY, changes), None
+            turn.outcome = "apology"
         reply = Reply(response.text, user_id, session.id, request_id)
         if completion is not None:
             completion = replace(completion, reply=asdict(reply))
@@ -218,7 +273,7 @@ class Engine:
             user_id, session, text, answer, response.changes, tasks, loaded, completion,
             source))
         log.info("turn", channel=channel, user_id=user_id, session_id=stored.id,
-                 new_session=session.is_new, request_id=request_id)
+                 new_session=session.is_new)  # request_id: bound for the whole turn
         return reply if stored.id == session.id else replace(reply, session_id=stored.id)
 
     async def _tell_other_channels(self, formation: str, user_id: str,

@@ -20,7 +20,7 @@ from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.engine import describe
 from gateway.conversation.messages import OutboundMessage
 from memory import Memory
-from memory.types import Session, Task
+from memory.types import Session, Task, now
 
 log = structlog.get_logger("threadline.scheduler")
 
@@ -47,6 +47,13 @@ class Scheduler:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stopped = asyncio.Event()
         self.running = False  # while `run` is looping (the admin API reports it)
+
+    async def lag(self, at: float | None = None) -> float:
+        """Seconds the most overdue task has waited past its time (0 when none waits):
+        how far behind the schedulers sharing this database are."""
+        at = now() if at is None else at
+        oldest = await self.memory.tasks.oldest_due(at)
+        return max(0.0, at - oldest) if oldest is not None else 0.0
 
     async def run_once(self, at: float | None = None) -> int:
         """Fire every due task once; returns how many were delivered."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -24,17 +25,43 @@ _NETWORK_LIBRARIES = {"httpx", "httpcore", "aiohttp", "telegram", "discord", "sl
                       "slack_bolt", "aioimaplib", "aiosmtplib", "websockets", "asyncpg",
                       "redis"}
 _NETWORK_WORDS = ("Network", "Timeout", "TimedOut", "Connect", "Connection", "Disconnect",
-                  "ClientError", "ServerError", "ProtocolError", "Abort", "Closed")
+                  "ClientError", "ServerError", "ProtocolError", "Abort", "Closed", "Shutdown")
 
 
 def is_network_error(exc: BaseException) -> bool:
+    """An expected failure to reach something: the exception or its cause (our own errors
+    raised `from` one, like DatabaseUnavailableError)."""
     if isinstance(exc, (OSError, TimeoutError, EOFError)):  # ConnectionError is an OSError
         return True
     for cls in type(exc).__mro__:
         library = cls.__module__.split(".")[0]
         if library in _NETWORK_LIBRARIES and any(w in cls.__name__ for w in _NETWORK_WORDS):
             return True
-    return False
+    return exc.__cause__ is not None and is_network_error(exc.__cause__)
+
+
+class Throttle:
+    """At most one log line per failure class per `interval` seconds: an outage that fails
+    every request is a few lines, not one (with a traceback) per request.
+
+        if (suppressed := throttle.allow("ConnectionRefusedError")) is not None:
+            log.warning("…", suppressed=suppressed)
+    """
+
+    def __init__(self, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self.clock = interval, clock
+        self._seen: dict[str, tuple[float, int]] = {}  # class -> (last logged, quiet since)
+
+    def allow(self, key: str) -> int | None:
+        """None to stay quiet; else log now, with how many went unlogged since last time."""
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        self._seen[key] = (now, 0)
+        return last[1] if last is not None else 0
 
 
 def _exception(exc_info: Any) -> BaseException | None:
@@ -97,7 +124,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", *, cache: bool = T
     )
     handler = _Handler(_Stderr())  # type: ignore[arg-type]
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+        # merge_contextvars: a library's record logged during a request or a turn carries
+        # its request_id too.
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars,
+                           structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            stamp, fold_network_tracebacks],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer],

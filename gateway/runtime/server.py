@@ -19,6 +19,7 @@ from rich.console import Console
 
 from config.settings import Settings
 from gateway.api.app import create_app
+from gateway.runtime.connections import fit_descriptors, guarded
 from gateway.runtime.formations import Formation, load_formations
 from gateway.runtime.leases import run_under
 from gateway.runtime.sqlite_lock import hold_sqlite
@@ -121,6 +122,16 @@ async def embed_missing(runtime: Runtime) -> None:
         log.info("embedded stored memories", count=done, model=users.embedder.name)
 
 
+def server_config(app: Any, runtime: Runtime, host: str, port: int) -> uvicorn.Config:
+    settings, metrics = runtime.settings, runtime.metrics
+    protocol = guarded(settings.header_timeout, fit_descriptors(settings.max_connections),
+                       on_timeout=metrics.header_timeouts.inc,
+                       on_refused=metrics.connections_refused.inc)
+    # log_config=None: uvicorn logs through the one log stream (see gateway.runtime.logs).
+    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
+                          log_config=None, timeout_graceful_shutdown=10, access_log=False)
+
+
 async def serve(settings: Settings, host: str, port: int, console: Console, *,
                 sockets: list[socket.socket] | None = None, quiet: bool = False) -> None:
     """Serve until SIGTERM. `sockets`: listen on these (already bound, shared by the
@@ -153,10 +164,8 @@ async def serve(settings: Settings, host: str, port: int, console: Console, *,
 
     app = create_app(runtime, gateway.formations, extra_routes=gateway.routes,
                      lifespan=lifespan)
-    # log_config=None: uvicorn logs through the one log stream (see gateway.runtime.logs).
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
-                            timeout_graceful_shutdown=10, access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, runtime, host, port))
+    runtime.metrics.open_connections = lambda: len(server.server_state.connections)
     original_startup = server.startup
 
     async def startup(sockets: Any = None) -> None:

@@ -12,6 +12,7 @@ from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
 from gateway.runtime.leases import Leases, LocalLeases, make_leases
+from gateway.runtime.metrics import Metrics
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
 from identity.cache import make_cache
 from memory import SCHEMA, Memory
@@ -61,10 +62,12 @@ class Runtime:
     channel_states: dict[str, Any] = field(default_factory=dict)
     # Work one replica at a time does (exclusive channels, the scheduler).
     leases: Leases = field(default_factory=LocalLeases)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
         db = await connect(settings.database, schema=SCHEMA)
+        metrics = Metrics()
         try:
             if migrate:
                 await db.migrate()
@@ -74,7 +77,8 @@ class Runtime:
             store = store_for(db, merge_retention_days=settings.merge_retention_days)
             identity = IdentityService(store, cache,
                                        IdentifierParser(settings.identity_key(),
-                                                        extra_types=settings.identity_types))
+                                                        extra_types=settings.identity_types),
+                                       on_lookup=metrics.identity_lookup)
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size,
@@ -88,14 +92,16 @@ class Runtime:
         except BaseException:
             await db.close()
             raise
-        engine = Engine(identity, memory, responder, formation=settings.formation_id)
+        engine = Engine(identity, memory, responder, formation=settings.formation_id,
+                        observer=metrics)
         # The web chat and the API are channels too: they reach a person while a page or an
         # event stream of theirs is open.
         events, channels = EventHub(), ChannelRegistry()
         channels.add(LiveChannel("web", events))
         channels.add(LiveChannel("api", events))
         return cls(settings, db, identity, memory, engine, channels,
-                   Scheduler(memory, channels), events, leases=make_leases(db))
+                   Scheduler(memory, channels), events, leases=make_leases(db),
+                   metrics=metrics)
 
     async def close(self) -> None:
         if getattr(self, "_closed", False):

@@ -4,17 +4,19 @@ SQLite (aiosqlite) behind one query API, the dialect hooks, and versioned migrat
 from identity.storage.database import (
     Database,
     DatabaseError,
+    DatabaseUnavailableError,
     PostgresDatabase,
     SqliteDatabase,
     connect,
     describe_url,
+    is_connection_error,
     is_foreign_key_violation,
     is_unique_violation,
 )
 from identity.storage.migrations import IDENTITY_SCHEMA, Migration, Schema
 
 __all__ = [
-    "IDENTITY_SCHEMA", "Database", "DatabaseError", "Migration", "PostgresDatabase", "Schema",
-    "SqliteDatabase", "connect", "describe_url", "is_foreign_key_violation",
-    "is_unique_violation",
+    "IDENTITY_SCHEMA", "Database", "DatabaseError", "DatabaseUnavailableError", "Migration",
+    "PostgresDatabase", "Schema", "SqliteDatabase", "connect", "describe_url",
+    "is_connection_error", "is_foreign_key_violation", "is_unique_violation",
 ]

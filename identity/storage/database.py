@@ -35,6 +35,29 @@ class DatabaseError(ThreadlineError):
     """The database cannot be reached or is not in a usable state."""
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The server went away or refuses connections for now (refused, shutting down,
+    connection lost): the same request will work once it is back, unlike a bad query."""
+
+
+# The server's own "go away": connection failures (SQLSTATE 08), shutting down or starting
+# up (57P01-57P03), no connection slot left (53300).
+_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+                asyncpg.TooManyConnectionsError)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database is unreachable, as opposed to a statement that failed."""
+    return isinstance(exc, _UNAVAILABLE) or (
+        isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailableError:
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return DatabaseUnavailableError(f"the database is unavailable ({reason})")
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """An insert that lost a race for a unique value, on either database."""
     return isinstance(exc, asyncpg.UniqueViolationError) or (
@@ -143,8 +166,11 @@ class PostgresDatabase(Database):
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
         try:
+            # timeout: connecting to a server that does not answer (a dropped route) gives up
+            # after 10 s instead of asyncpg's 60, so requests answer 503 in time.
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=pool_size, command_timeout=30, reset=_keep_session
+                url, min_size=1, max_size=pool_size, command_timeout=30, reset=_keep_session,
+                timeout=10,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(
@@ -156,21 +182,39 @@ class PostgresDatabase(Database):
         await self.pool.close()
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection. Losing the server, while connecting or while using it,
+        raises DatabaseUnavailableError; a connection it closed is dropped from the pool on
+        release, so the next request connects afresh."""
+        try:
+            conn = await self.pool.acquire()
+        except (OSError, TimeoutError, *_UNAVAILABLE) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            yield conn
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise _unavailable(exc) from exc
+            raise
+        finally:
+            await self.pool.release(conn)
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             yield conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(sql, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             return list(await conn.fetch(sql, *args))
 
     async def _applied(self, conn: asyncpg.Connection) -> set[tuple[str, int]]:
@@ -183,7 +227,7 @@ class PostgresDatabase(Database):
         return {(r["component"], r["version"]) for r in rows}
 
     async def pending_migrations(self) -> list[Migration]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
             applied = await self._applied(conn) if exists else set()
         return [m for m in migrations_for(self.dialect, self.schema)
@@ -191,7 +235,7 @@ class PostgresDatabase(Database):
 
     async def migrate(self) -> list[Migration]:
         done = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             # One migrator at a time across every process sharing the database.
             await conn.execute("SELECT pg_advisory_xact_lock(7352491)")
             applied = await self._applied(conn)
