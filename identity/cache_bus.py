@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,24 +33,30 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-def payloads(formation: str, keys: list[str]) -> list[str]:
+def payloads(formation: str, keys: list[str], sender: str = "") -> list[str]:
     """The change as JSON messages, each small enough for NOTIFY."""
+    def dump(batch: list[str]) -> str:
+        return json.dumps({"f": formation, "k": batch, "s": sender})
+
     out, batch = [], []
     for key in keys:
         batch.append(key)
-        if len(json.dumps({"f": formation, "k": batch})) > _MAX_PAYLOAD and len(batch) > 1:
-            out.append(json.dumps({"f": formation, "k": batch[:-1]}))
+        if len(dump(batch)) > _MAX_PAYLOAD and len(batch) > 1:
+            out.append(dump(batch[:-1]))
             batch = [key]
     if batch:
-        out.append(json.dumps({"f": formation, "k": batch}))
+        out.append(dump(batch))
     return out
 
 
-def _decode(data: Any) -> tuple[str, list[str]] | None:
+def _decode(data: Any, me: str) -> tuple[str, list[str]] | None:
+    """A change another process announced (this process applied its own already)."""
     try:
         message = json.loads(data)
+        if message.get("s") == me:
+            return None
         return str(message["f"]), [str(k) for k in message["k"]]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -61,6 +68,7 @@ class _Listener:
 
     def __init__(self) -> None:
         self.healthy = False
+        self.sender = uuid.uuid4().hex  # names this process's own announcements
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._last_warning = 0.0
@@ -135,7 +143,7 @@ class RedisBus(_Listener):
                 if message is None:
                     await pubsub.ping()  # finds a connection that died quietly
                     continue
-                change = _decode(message.get("data"))
+                change = _decode(message.get("data"), self.sender)
                 if change is not None:
                     on_change(*change)
         finally:
@@ -143,7 +151,7 @@ class RedisBus(_Listener):
             await client.aclose()
 
     async def publish(self, formation: str, keys: list[str]) -> None:
-        for payload in payloads(formation, keys):
+        for payload in payloads(formation, keys, self.sender):
             await self._publisher.publish(self.CHANNEL, payload)
 
     async def close(self) -> None:
@@ -169,7 +177,7 @@ class PostgresBus(_Listener):
         lost = asyncio.Event()
 
         def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            change = _decode(payload)
+            change = _decode(payload, self.sender)
             if change is not None:
                 on_change(*change)
 
@@ -188,7 +196,7 @@ class PostgresBus(_Listener):
                 conn.terminate()
 
     async def publish(self, formation: str, keys: list[str]) -> None:
-        for payload in payloads(formation, keys):
+        for payload in payloads(formation, keys, self.sender):
             await self.db.execute("SELECT pg_notify($1, $2)", self.CHANNEL, payload)
 
 
