@@ -196,6 +196,7 @@ class _Client(discord.Client):
 
 class DiscordAdapter:
     name = CHANNEL
+    exclusive = True  # one gateway connection per bot: one replica at a time
 
     def __init__(self, engine: Conversations, *, token: str, api_url: str = DEFAULT_API_URL,
                  gateway_url: str | None = None, formation: str | None = None,

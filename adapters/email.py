@@ -356,6 +356,7 @@ class _Reply:
 
 class EmailAdapter:
     name = "email"
+    exclusive = True  # one replica at a time polls the mailbox
     RETRY_FIRST = 0.5
     RETRY_MAX = 60.0
     IDLE_REFRESH = 5 * 60.0  # re-issue IDLE (and search again) this often

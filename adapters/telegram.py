@@ -154,6 +154,9 @@ class TelegramAdapter:
                  edit_interval: float = 1.0) -> None:
         self.engine = engine
         self.mode = mode
+        # Long polling from two replicas is refused by Telegram (409); a webhook is served
+        # by whichever replica the request reaches.
+        self.exclusive = mode == "polling"
         self.webhook_url = webhook_url
         self.path = path
         self.formation = formation

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     cache_url: SecretStr = SecretStr("memory://")
     cache_ttl: float = Field(3600.0, gt=0)
     cache_max_entries: int = Field(100_000, ge=1)
+    merge_retention_days: float = Field(30.0, gt=0)  # how long a merge can be undone
     identity_secret: SecretStr | None = None
     credentials_key: SecretStr | None = None
     session_idle_timeout: float = Field(1800.0, gt=0)

@@ -65,7 +65,7 @@ class Linker:
         code and the merge all commit together or not at all; tries by one identifier are
         serialized, so parallel wrong guesses cannot exceed the limit."""
         at, code_hash = time.time(), _hash(normalize_code(code))
-        moved: list[str] = []
+        moved: list[str] = []  # the identifier keys the merge moved
         async with self.db.transaction() as tx:
             if self.db.dialect == "postgres":  # SQLite write transactions are serialized
                 await tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
@@ -94,8 +94,8 @@ class Linker:
             await audit.record(tx, formation, actor, "link_code_redeemed", user_id=owner,
                                identifier=ident, before={"user_id": current_user},
                                after={"user_id": owner})
-            moved = await self.identity.store.merge(formation, owner, current_user, q=tx,
-                                                    actor=actor)
+            moved = (await self.identity.store.merge(formation, owner, current_user, q=tx,
+                                                     actor=actor)).keys
         await self.identity.forget(formation, moved)  # after the commit, never before
         log.info("identifier linked by code", formation=formation, user_id=owner,
                  merged=current_user, identifier_type=ident.type)

@@ -18,6 +18,7 @@ from identity.types import (
     IdentityError,
     InvalidIdentifierError,
     LinkedIdentifier,
+    MergeRecord,
 )
 
 log = structlog.get_logger("threadline.identity")
@@ -38,11 +39,11 @@ def check_formation(formation: str) -> str:
     return formation
 
 
-def check_user_id(user_id: Any) -> str:
+def check_user_id(user_id: Any, *, field: str = "user_id") -> str:
     if not isinstance(user_id, str) or not _PUBLIC_ID.match(user_id):
         raise InvalidIdentifierError(
             f"user id must look like {PUBLIC_ID_PREFIX}… (a public Threadline user id)",
-            field="user_id",
+            field=field,
         )
     return user_id
 
@@ -143,19 +144,47 @@ class IdentityService:
         return owner
 
     async def merge(self, formation: str, keep: str, absorb: str, *,
-                    actor: str = audit.INTERNAL) -> list[str]:
+                    actor: str = audit.INTERNAL, dry_run: bool = False) -> MergeRecord:
         """Fold user `absorb` into `keep`: its identifiers, memory, sessions, credentials and
-        tasks move over (where both have a fact, `keep`'s wins) and `absorb` is deleted."""
+        tasks move over (where both have a fact, `keep`'s wins) and `absorb` is deleted.
+
+        Journaled: `undo_merge(record.id)` puts it back within the retention window. With
+        `dry_run` the merge runs in a transaction that is rolled back: the record says what
+        would move and collide, and nothing is written, cached or forgotten."""
         check_formation(formation)
-        check_user_id(keep)
-        check_user_id(absorb)
+        check_user_id(keep, field="keep_id")
+        check_user_id(absorb, field="from")
         if keep == absorb:
-            raise InvalidIdentifierError("cannot merge a user into itself", field="user_id")
-        moved = await self.store.merge(formation, keep, absorb, actor=actor)
-        await self.forget(formation, moved)  # never raises: the merge has committed
+            raise InvalidIdentifierError("cannot merge a user into itself", field="from")
+        if dry_run:
+            return await self.store.preview_merge(formation, keep, absorb, actor=actor)
+        record = await self.store.merge(formation, keep, absorb, actor=actor)
+        await self.forget(formation, record.keys)  # never raises: the merge has committed
         log.info("users merged", formation=formation, user_id=keep, merged=absorb,
-                 identifiers=len(moved))
-        return moved
+                 merge_id=record.id, identifiers=len(record.identifiers))
+        try:  # a moment to drop what the journal need no longer keep
+            await self.store.forget_expired_merges()
+        except Exception as exc:  # noqa: BLE001 - the merge has committed; next time
+            log.warning("expired merge journal entries not cleared", error=str(exc))
+        return record
+
+    async def merge_record(self, formation: str, merge_id: str) -> MergeRecord:
+        """A journaled merge (MergeNotFoundError when unknown here)."""
+        check_formation(formation)
+        return await self.store.merge_record(formation, merge_id)
+
+    async def undo_merge(self, formation: str, merge_id: str, *, actor: str = audit.INTERNAL,
+                         dry_run: bool = False) -> MergeRecord:
+        """Undo a journaled merge: both users' identifiers and memory as they were (what the
+        kept user gained since stays with it). MergeUndoRefusedError says why not."""
+        check_formation(formation)
+        record = await self.store.undo_merge(formation, merge_id, actor=actor, dry_run=dry_run)
+        if not dry_run:
+            await self.forget(formation, record.keys)
+            log.info("merge undone", formation=formation, user_id=record.kept_user,
+                     restored=record.merged_user, merge_id=merge_id,
+                     identifiers=len(record.identifiers))
+        return record
 
     async def erase(self, formation: str, user_id: str, *,
                     actor: str = audit.INTERNAL) -> Erasure:

@@ -6,15 +6,20 @@ written once with $n placeholders; the few dialect differences are small hooks b
 write transaction is BEGIN IMMEDIATE, so writers are serialized and the locks are moot.
 
 Merging users carries along what other components keep per user: they register a merge
-hook (`on_merge`) in the wiring, run inside the merge's own transaction.
+hook (`on_merge`) in the wiring, run inside the merge's own transaction, and an undo hook
+(`on_unmerge`). Every merge is written to the merge journal in the same transaction: what
+moved, so that an undo within the retention window can put it back.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from identity import audit
@@ -26,16 +31,27 @@ from identity.types import (
     IdentifierConflictError,
     IdentifierNotFoundError,
     LinkedIdentifier,
+    MergeNotFoundError,
+    MergeRecord,
+    MergeUndoRefusedError,
+    MovedIdentifier,
     UserNotFoundError,
 )
 
 PUBLIC_ID_PREFIX = "usr_"
+MERGE_ID_PREFIX = "mrg_"
+MERGE_RETENTION = 30 * 86400.0  # seconds a merge can be undone, unless configured
 _ATTEMPTS = 5  # tries of a batch whose insert lost a race with a concurrent one
+_MERGE_ID = re.compile(r"^mrg_[A-Za-z0-9_-]{1,64}$")
 
-# (transaction, kept user, merged-away user): moves the merged user's data to the kept one.
-MergeHook = Callable[[Any, str, str], Awaitable[None]]
 # (transaction, erased user): removes what a component keeps of the user; says how much.
 EraseHook = Callable[[Any, str], Awaitable[dict[str, int]]]
+# (transaction, kept user, merged-away user): moves the merged user's data to the kept one
+# and returns what it moved, by part name ({"memory": {...}}, JSON-ready) for the journal.
+MergeHook = Callable[[Any, str, str], Awaitable[Mapping[str, Any] | None]]
+# (transaction, the journaled merge): puts its part back, once the merged-away user exists
+# again and has its identifiers back.
+UnmergeHook = Callable[[Any, MergeRecord], Awaitable[None]]
 
 _LOOKUP = (
     "SELECT u.public_id FROM user_identifiers i JOIN users u ON u.id = i.user_id"
@@ -46,6 +62,10 @@ _INSERT_IDENTIFIER = (
     "INSERT INTO user_identifiers (formation_id, user_id, identifier, type) VALUES ($1, $2, $3, $4)"
 )
 # First contact in one statement (PostgreSQL): a lost race leaves no user row behind.
+_JOURNAL_COLUMNS = (
+    "id, formation_id, kept_user, merged_user, merged_created_at, identifiers, parts, actor,"
+    " at, expires_at, undone_at, undone_by"
+)
 _CREATE_PG = (
     "WITH u AS (INSERT INTO users (formation_id, public_id) VALUES ($1, $2) RETURNING id)"
     " INSERT INTO user_identifiers (formation_id, user_id, identifier, type)"
@@ -56,6 +76,26 @@ _CREATE_PG = (
 def new_public_id() -> str:
     # 16 random bytes -> 22 URL-safe characters.
     return PUBLIC_ID_PREFIX + secrets.token_urlsafe(16)
+
+
+def new_merge_id() -> str:
+    return MERGE_ID_PREFIX + secrets.token_urlsafe(16)
+
+
+def is_merge_id(text: str) -> bool:
+    return bool(_MERGE_ID.match(text))
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class _RolledBack(Exception):
+    """Raised inside a preview's transaction, so it rolls back, carrying the result out."""
+
+    def __init__(self, record: MergeRecord) -> None:
+        super().__init__("rolled back")
+        self.record = record
 
 
 def masked(key: str, kind: str | None) -> str:
@@ -105,16 +145,19 @@ def plan_association(
 
 
 class IdentityStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, merge_retention: float = MERGE_RETENTION) -> None:
         self.db = db
+        self.merge_retention = merge_retention  # seconds
         self.merge_hooks: list[MergeHook] = []
         self.erase_hooks: list[EraseHook] = []
+        self.unmerge_hooks: list[UnmergeHook] = []
         postgres = db.dialect == "postgres"
         self._share = " FOR SHARE" if postgres else ""  # keeps a user from being merged away
         self._update = " FOR UPDATE" if postgres else ""
 
     def on_merge(self, hook: MergeHook) -> None:
-        """Run `hook(tx, keep, absorb)` inside every merge, before `absorb` is deleted."""
+        """Run `hook(tx, keep, absorb)` inside every merge, before `absorb` is deleted; what
+        it returns goes into the merge journal."""
         if hook not in self.merge_hooks:
             self.merge_hooks.append(hook)
 
@@ -122,6 +165,11 @@ class IdentityStore:
         """Run `hook(tx, user)` inside every erasure, before the user row goes."""
         if hook not in self.erase_hooks:
             self.erase_hooks.append(hook)
+    def on_unmerge(self, hook: UnmergeHook) -> None:
+        """Run `hook(tx, record)` inside every undo of a merge, once the merged-away user
+        exists again with its identifiers."""
+        if hook not in self.unmerge_hooks:
+            self.unmerge_hooks.append(hook)
 
     # -- dialect hooks --
 
@@ -139,6 +187,14 @@ class IdentityStore:
         if isinstance(value, datetime):
             return value
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+    @staticmethod
+    def _stamp(value: Any) -> str:
+        """A stored timestamp as text that `_stamp_param` turns back into the same value."""
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+
+    def _stamp_param(self, text: str) -> Any:
+        return self._time(text) if self.db.dialect == "postgres" else text
 
     # -- reads --
 
@@ -273,35 +329,183 @@ class IdentityStore:
             raise IdentifierNotFoundError(ident)
         return str(owner)
 
-    async def merge(self, formation: str, keep: str, absorb: str, *,
-                    q: Any = None, actor: str = audit.INTERNAL) -> list[str]:
+    async def merge(self, formation: str, keep: str, absorb: str, *, q: Any = None,
+                    actor: str = audit.INTERNAL, at: float | None = None) -> MergeRecord:
         """Move every identifier and all data of `absorb` to `keep`, then delete `absorb`;
-        returns the moved identifier keys. One transaction (`q`'s, when given)."""
+        journaled, so it can be undone. One transaction (`q`'s, when given)."""
         if q is None:
             async with self.db.transaction() as tx:
-                return await self.merge(formation, keep, absorb, q=tx, actor=actor)
+                return await self.merge(formation, keep, absorb, q=tx, actor=actor, at=at)
+        at = time.time() if at is None else at
         # Both users locked, in id order (no deadlock with a merge the other way round).
         rows = await q.fetch(
-            "SELECT public_id, id FROM users WHERE formation_id = $1"
+            "SELECT public_id, id, created_at FROM users WHERE formation_id = $1"
             f" AND public_id IN ($2, $3) ORDER BY id{self._update}",
             formation, keep, absorb)
         ids = {r[0]: r[1] for r in rows}
         for user in (keep, absorb):
             if user not in ids:
                 raise UserNotFoundError(user)
-        moved = await q.fetch(
+        merge_id = new_merge_id()
+        moved = sorted(await q.fetch(
             "UPDATE user_identifiers SET user_id = $1 WHERE user_id = $2"
-            " RETURNING identifier, type", ids[keep], ids[absorb])
+            " RETURNING identifier, type, created_at, id", ids[keep], ids[absorb]),
+            key=lambda r: (self._time(r[2]), r[3]))
         # One record per identifier that changed owner (one without any, if none did).
         changed: list[tuple[str, str | None] | None] = [(r[0], r[1]) for r in moved]
         for identifier in changed or [None]:
             await audit.record(q, formation, actor, "merge", user_id=keep,
                                identifier=identifier, before={"user_id": absorb},
-                               after={"user_id": keep})
+                               after={"user_id": keep, "merge_id": merge_id})
+        parts: dict[str, Any] = {}
         for hook in self.merge_hooks:
-            await hook(q, keep, absorb)
+            parts.update(await hook(q, keep, absorb) or {})
         await q.execute("DELETE FROM users WHERE id = $1", ids[absorb])
-        return [r[0] for r in moved]
+        record = MergeRecord(
+            merge_id, formation, keep, absorb,
+            next(self._stamp(r[2]) for r in rows if r[0] == absorb),
+            tuple(MovedIdentifier(r[0], masked(r[0], r[1]), r[1], self._time(r[2]))
+                  for r in moved),
+            parts, actor, at, at + self.merge_retention)
+        await q.execute(
+            f"INSERT INTO merge_journal ({_JOURNAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6,"
+            " $7, $8, $9, $10, NULL, NULL)",
+            record.id, formation, keep, absorb, record.merged_created_at,
+            json.dumps([{"key": r[0], "type": r[1], "created_at": self._stamp(r[2])}
+                        for r in moved]),
+            json.dumps(parts), actor, at, record.expires_at)
+        return record
+
+    async def preview_merge(self, formation: str, keep: str, absorb: str, *,
+                            actor: str = audit.INTERNAL) -> MergeRecord:
+        """What `merge` would do and journal: done in a transaction that is rolled back."""
+        return await self._rolled_back(
+            lambda tx: self.merge(formation, keep, absorb, q=tx, actor=actor))
+
+    async def _rolled_back(self, work: Callable[[Any], Awaitable[MergeRecord]]) -> MergeRecord:
+        try:
+            async with self.db.transaction() as tx:
+                raise _RolledBack(await work(tx))
+        except _RolledBack as done:
+            return done.record
+
+    # -- the merge journal --
+
+    def _record(self, row: Any) -> MergeRecord:
+        identifiers = tuple(
+            MovedIdentifier(i["key"], masked(i["key"], i["type"]), i["type"],
+                            self._time(i["created_at"]))
+            for i in json.loads(row[5]))
+        return MergeRecord(row[0], row[1], row[2], row[3], row[4], identifiers,
+                           json.loads(row[6]) if row[6] is not None else None, row[7],
+                           float(row[8]), float(row[9]),
+                           None if row[10] is None else float(row[10]), row[11])
+
+    async def merge_record(self, formation: str, merge_id: str, *, q: Any = None,
+                           lock: bool = False) -> MergeRecord:
+        if not is_merge_id(merge_id):
+            raise MergeNotFoundError(merge_id)
+        row = await (q or self.db).fetchrow(
+            f"SELECT {_JOURNAL_COLUMNS} FROM merge_journal WHERE formation_id = $1 AND id = $2"
+            + (self._update if lock else ""), formation, merge_id)
+        if row is None:
+            raise MergeNotFoundError(merge_id)
+        return self._record(row)
+
+    async def merges_of(self, formation: str, user_id: str,
+                        limit: int = 100) -> list[MergeRecord]:
+        """The journaled merges that kept or merged away this user, newest first."""
+        rows = await self.db.fetch(
+            f"SELECT {_JOURNAL_COLUMNS} FROM merge_journal WHERE formation_id = $1"
+            " AND (kept_user = $2 OR merged_user = $2) ORDER BY at DESC LIMIT $3",
+            formation, user_id, limit)
+        return [self._record(r) for r in rows]
+
+    async def forget_expired_merges(self, at: float | None = None) -> None:
+        """Past its retention window a journal entry keeps who merged whom and when, but no
+        longer what moved (memory's part holds what people said)."""
+        await self.db.execute(
+            "UPDATE merge_journal SET parts = NULL WHERE expires_at <= $1 AND parts IS NOT NULL",
+            time.time() if at is None else at)
+
+    async def undo_merge(self, formation: str, merge_id: str, *, actor: str = audit.INTERNAL,
+                         at: float | None = None, dry_run: bool = False) -> MergeRecord:
+        """Recreate the merged-away user (same id, same creation time), give it back the
+        identifiers and data the merge moved, and mark the merge undone; one transaction.
+        What the kept user gained since the merge stays with it. Refused (and nothing
+        done) when the merge was undone already, its window has passed, the kept user is
+        gone, or a moved identifier has been unlinked or linked elsewhere since. With
+        `dry_run` every check runs and nothing is kept."""
+        if dry_run:
+            return await self._rolled_back(
+                lambda tx: self._undo(tx, formation, merge_id, actor, at))
+        async with self.db.transaction() as tx:
+            return await self._undo(tx, formation, merge_id, actor, at)
+
+    async def _undo(self, q: Any, formation: str, merge_id: str, actor: str,
+                    at: float | None) -> MergeRecord:
+        at = time.time() if at is None else at
+        record = await self.merge_record(formation, merge_id, q=q, lock=True)
+        kept, merged = record.kept_user, record.merged_user
+        if record.undone_at is not None:
+            raise MergeUndoRefusedError(
+                merge_id, "already_undone",
+                f"it was already undone at {_iso(record.undone_at)} by {record.undone_by}",
+                at=record.undone_at)
+        if at >= record.expires_at or record.parts is None:
+            raise MergeUndoRefusedError(
+                merge_id, "expired",
+                f"its undo window closed at {_iso(record.expires_at)}", at=record.expires_at)
+        # Shared: the kept user cannot be merged away meanwhile, links to it still go on.
+        if await q.fetchval("SELECT id FROM users WHERE formation_id = $1 AND public_id = $2"
+                            + self._share, formation, kept) is None:
+            later = await q.fetchrow(
+                "SELECT id, kept_user FROM merge_journal WHERE formation_id = $1"
+                " AND merged_user = $2 AND undone_at IS NULL ORDER BY at DESC LIMIT 1",
+                formation, kept)
+            why = (f"the kept user {kept} was merged into {later[1]} since, by {later[0]}; "
+                   "undo that merge first" if later is not None
+                   else f"the kept user {kept} no longer exists")
+            raise MergeUndoRefusedError(merge_id, "kept_user_gone", why, user_id=kept,
+                                        later_merge=later[0] if later is not None else None)
+        keys = record.keys
+        if keys:
+            lock = " FOR UPDATE OF i" if self.db.dialect == "postgres" else ""
+            rows = await q.fetch(
+                "SELECT i.identifier, u.public_id FROM user_identifiers i"
+                " JOIN users u ON u.id = i.user_id"
+                f" WHERE i.formation_id = $1 AND i.identifier {self._in(2, len(keys))}{lock}",
+                formation, *self._list(keys))
+            owners = {r[0]: r[1] for r in rows}
+            for ident in record.identifiers:
+                owner = owners.get(ident.key)
+                if owner == kept:
+                    continue
+                now_ = (f"is now linked to user {owner}" if owner is not None
+                        else "is no longer linked to any user")
+                raise MergeUndoRefusedError(
+                    merge_id, "identifier_changed",
+                    f"identifier {ident.identifier}, moved by it to {kept}, {now_}",
+                    identifier=ident.identifier, owner_id=owner)
+        row = await q.fetchval(
+            "INSERT INTO users (formation_id, public_id, created_at) VALUES ($1, $2, $3)"
+            " RETURNING id", formation, merged, self._stamp_param(record.merged_created_at))
+        if keys:
+            await q.execute(
+                "UPDATE user_identifiers SET user_id = $2 WHERE formation_id = $1"
+                f" AND identifier {self._in(3, len(keys))}", formation, row, *self._list(keys))
+        moved: list[tuple[str, str | None] | None] = [(i.key, i.type)
+                                                      for i in record.identifiers]
+        for identifier in moved or [None]:
+            await audit.record(q, formation, actor, "merge_undone", user_id=merged,
+                               identifier=identifier,
+                               before={"user_id": kept, "merge_id": merge_id},
+                               after={"user_id": merged, "merge_id": merge_id})
+        for hook in self.unmerge_hooks:
+            await hook(q, record)
+        await q.execute("UPDATE merge_journal SET undone_at = $2, undone_by = $3 WHERE id = $1",
+                        merge_id, at, actor)
+        return replace(record, undone_at=at, undone_by=actor)
 
     async def erase(self, formation: str, user_id: str, *,
                     actor: str = audit.INTERNAL) -> Erasure:
@@ -324,6 +528,11 @@ class IdentityStore:
                     "DELETE FROM link_attempts WHERE formation_id = $1"
                     f" AND identifier {self._in(2, len(keys))}", formation, *self._list(keys))
             await tx.execute("DELETE FROM users WHERE id = $1", row)  # identifiers, codes
+            # Merges they took part in can no longer be undone: their journal holds what
+            # the person said.
+            counts["merge_journal_entries"] = len(await tx.fetch(
+                "DELETE FROM merge_journal WHERE formation_id = $1"
+                " AND (kept_user = $2 OR merged_user = $2) RETURNING 1", formation, user_id))
             counts["audit_records_blanked"] = await audit.blank(
                 tx, formation, user_id, keys, dialect=self.db.dialect)
             ref = audit.user_ref(user_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from config.errors import ThreadlineError
 
@@ -99,3 +100,64 @@ class AssociateResult:
     created_user: bool
     linked: tuple[Identifier, ...]
     existing: tuple[Identifier, ...]
+
+
+class MergeNotFoundError(IdentityError, LookupError):
+    def __init__(self, merge_id: str) -> None:
+        self.merge_id = merge_id
+        super().__init__(f"no merge {merge_id[:80]} in this formation's merge journal")
+
+
+class MergeUndoRefusedError(IdentityError):
+    """A journaled merge that can no longer be undone; `reason` says why:
+    `already_undone`, `expired`, `kept_user_gone` or `identifier_changed`."""
+
+    def __init__(self, merge_id: str, reason: str, message: str, *,
+                 identifier: str | None = None, owner_id: str | None = None,
+                 user_id: str | None = None, later_merge: str | None = None,
+                 at: float | None = None) -> None:
+        self.merge_id = merge_id
+        self.reason = reason
+        self.identifier = identifier  # identifier_changed: which one, as listings show it
+        self.owner_id = owner_id  # … and who has it now (None: nobody)
+        self.user_id = user_id  # kept_user_gone: the user that is gone
+        self.later_merge = later_merge  # … and the merge that took it, if journaled
+        self.at = at  # already_undone: when; expired: when the window closed
+        super().__init__(f"merge {merge_id} cannot be undone: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class MovedIdentifier:
+    """An identifier a merge moved: `key` as stored (a secret one's keyed hash), and as
+    listings show it."""
+
+    key: str = field(repr=False)
+    identifier: str
+    type: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRecord:
+    """One merge as its journal keeps it: enough to show it and to undo it.
+
+    `parts` holds what each merge hook moved, by part name (memory's is "memory"); None
+    once the retention window has passed and the journal no longer keeps it."""
+
+    id: str
+    formation: str
+    kept_user: str
+    merged_user: str
+    merged_created_at: str  # as the database stored it, so an undo recreates it exactly
+    identifiers: tuple[MovedIdentifier, ...]
+    parts: dict[str, Any] | None
+    actor: str
+    at: float  # Unix seconds
+    expires_at: float
+    undone_at: float | None = None
+    undone_by: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """The stored keys of the moved identifiers (what the cache is indexed on)."""
+        return [i.key for i in self.identifiers]

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from identity.storage import IDENTITY_SCHEMA, Database, Schema
-from memory import lifecycle
+from identity.types import MergeRecord
+from memory import lifecycle, merges
 from memory.claims import Claims
 from memory.credentials import Credentials
 from memory.embeddings import Embedder
@@ -20,18 +21,6 @@ from memory.user_memory import UserMemory
 # The database schema a gateway needs: the identity core's tables, then memory's. The wiring
 # hands it to `identity.storage.connect`.
 SCHEMA: Schema = {**IDENTITY_SCHEMA, "memory": Path(__file__).with_name("migrations")}
-# Merging users carries memory along; the kept user's facts win over the merged one's.
-_MERGE = (
-    "DELETE FROM facts WHERE user_id = $2 AND EXISTS (SELECT 1 FROM facts AS k"
-    " WHERE k.user_id = $1 AND k.kind = facts.kind AND k.key = facts.key)",
-    "UPDATE facts SET user_id = $1 WHERE user_id = $2",
-    "UPDATE memories SET user_id = $1 WHERE user_id = $2",
-    "UPDATE working_memory SET user_id = $1 WHERE user_id = $2",
-    "UPDATE credentials SET user_id = $1 WHERE user_id = $2",
-    "UPDATE scheduled_tasks SET user_id = $1 WHERE user_id = $2",
-    "UPDATE sessions SET user_id = $1 WHERE user_id = $2",
-    "DELETE FROM user_profiles WHERE user_id = $2 AND user_id <> $1",
-)
 
 
 @dataclass
@@ -54,12 +43,15 @@ class Memory:
         return cls(users, sessions, Credentials(db, credentials_key), tasks, claims,
                    Turns(users, sessions, tasks, claims))
 
-    async def merge_into(self, tx: Any, keep: str, absorb: str) -> None:
+    async def merge_into(self, tx: Any, keep: str, absorb: str) -> dict[str, Any]:
         """A merge hook (`IdentityStore.on_merge`): inside the merge's transaction, move
-        `absorb`'s memory to `keep` and rebuild `keep`'s synopsis from what it now holds."""
-        for statement in _MERGE:
-            await tx.execute(statement, keep, absorb)
-        await self.users.refresh_synopsis(keep, q=tx)
+        `absorb`'s memory to `keep` (`keep`'s facts win), rebuild `keep`'s synopsis, and
+        return what moved for the merge journal (see `memory.merges`)."""
+        return await merges.merge_into(self.users, tx, keep, absorb)
+
+    async def unmerge(self, tx: Any, record: MergeRecord) -> None:
+        """An undo hook (`IdentityStore.on_unmerge`): put back what `merge_into` moved."""
+        await merges.unmerge(self.users, tx, record)
 
     async def erase_user(self, tx: Any, user_id: str) -> dict[str, int]:
         """An erase hook (`IdentityStore.on_erase`): inside the erasure's transaction,

@@ -128,6 +128,7 @@ def engine(identity: IdentityService, memory_store: memory.Memory, formation: st
 
     identity.store.on_merge(memory_store.merge_into)
     identity.store.on_erase(memory_store.erase_user)
+    identity.store.on_unmerge(memory_store.unmerge)
     return Engine(identity, memory_store, OfflineResponder(), formation=formation)
 
 

@@ -223,8 +223,8 @@ async def test_merging_users_carries_memory_and_identifiers(engine, identity, fo
     await web.push("alice@x.co", "my color is teal")
     other = (await slack.push(("U1", "slack"), "my color is red")).user_id
     await slack.push(("U1", "slack"), "remember that the demo is on Friday")
-    moved = await identity.merge(formation, alice, other)
-    assert moved == ["U1"]
+    merged = await identity.merge(formation, alice, other)
+    assert merged.keys == ["U1"] and merged.id.startswith("mrg_")
     asked = await slack.push(("U1", "slack"), "what's my budget?")
     assert asked.user_id == alice and "$5,000" in asked.text
     assert "teal" in (await slack.push(("U1", "slack"), "what's my color?")).text

@@ -252,9 +252,11 @@ async def test_the_audit_log_records_link_unlink_merge_and_code_redemption(sdk, 
     newcomer = (await sdk.chat({"message": "hi"}, user_id="tg_4242"))["user_id"]
     await sdk.chat({"message": f"/link {code}"}, user_id="tg_4242")
     recent = (await sdk.get_audit_log())["entries"][:2]
+    merge_id = (await runtime.identity.store.merges_of(fid, user))[0].id  # journaled
     assert [(e["action"], e["identifier"], e["actor"], e["before"], e["after"])
             for e in recent] == [
-        ("merge", "tg_4242", "channel:telegram", {"user_id": newcomer}, {"user_id": user}),
+        ("merge", "tg_4242", "channel:telegram", {"user_id": newcomer},
+         {"user_id": user, "merge_id": merge_id}),
         ("link_code_redeemed", "tg_4242", "channel:telegram", {"user_id": newcomer},
          {"user_id": user})]
 

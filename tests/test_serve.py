@@ -108,3 +108,103 @@ def test_migrate_on_a_fresh_install_succeeds_then_finds_nothing_pending(tmp_path
     again = subprocess.run([THREADLINE, "migrate", "--check"], cwd=tmp_path, env=_env(tmp_path),
                            text=True, capture_output=True, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_one_serve_per_sqlite_file_and_the_cli_beside_it_is_seen_at_once(tmp_path):
+    env = _env(tmp_path)
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 30
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
+        admin = {"X-Muxi-Admin-Key": re.search(r"X-Muxi-Admin-Key: +(\S+)", seen).group(1)}
+
+        second = subprocess.run([THREADLINE, "serve", "--port", "0"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"already served by pid {proc.pid}" in second.stderr
+        assert "PostgreSQL" in second.stderr and "Traceback" not in second.stderr
+
+        with httpx.Client(base_url=base + "/v1", headers=admin) as http:
+            def owner() -> int:
+                return http.post("/users/resolve", json={"identifier": "side@x.co",
+                                                         "create_user": False}).status_code
+            linked = subprocess.run([THREADLINE, "users", "link", "side@x.co"], cwd=tmp_path,
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert linked.returncode == 0, linked.stderr
+            assert owner() == 200  # now cached in the serving process
+            unlinked = subprocess.run([THREADLINE, "users", "unlink", "side@x.co"],
+                                      cwd=tmp_path, env=env, capture_output=True, text=True,
+                                      timeout=60)
+            assert unlinked.returncode == 0, unlinked.stderr
+            deadline = time.monotonic() + 5
+            while owner() != 404:
+                assert time.monotonic() < deadline, "the serving process kept its stale entry"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_serve_with_workers_shares_the_port_restarts_a_dead_worker_and_stops_cleanly(
+        tmp_path, postgres_url):
+    env = _env(tmp_path, THREADLINE_DATABASE_URL=postgres_url)
+    assert subprocess.run([THREADLINE, "migrate"], env=env, cwd=tmp_path,
+                          capture_output=True, timeout=120).returncode == 0
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0", "--workers", "2"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 60
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "workers    2 processes" in seen, seen
+        base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        with httpx.Client(base_url=base + "/v1") as http:
+            assert all(http.get("/health").status_code == 200 for _ in range(20))
+            os.kill(sorted(workers)[0], signal.SIGKILL)
+            # New connections (one kept alive to the dead worker is reset, as it would be)
+            # are answered by the other one meanwhile.
+            assert all(httpx.get(base + "/v1/health").status_code == 200 for _ in range(10))
+            deadline = time.monotonic() + 20
+            while len(_children(proc.pid) - workers) < 1:
+                assert time.monotonic() < deadline, "the dead worker was not started again"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, rest
+        assert _children(proc.pid) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path):
+    refused = subprocess.run([THREADLINE, "serve", "--workers", "2"], cwd=tmp_path,
+                             env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "needs PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr

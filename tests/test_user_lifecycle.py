@@ -45,9 +45,14 @@ async def test_export_then_erase_leaves_no_row_mentioning_the_user(server):
             assert said.status_code == 200, said.text
         user = said.json()["data"]["user_id"]
         linked = await http.post("/users/identifiers", headers=ADMIN_HEADERS, json={
-            "muxi_user_id": user, "identifiers": [{"identifier": slack, "type": "slack"},
-                                                  telegram]})
+            "muxi_user_id": user, "identifiers": [{"identifier": slack, "type": "slack"}]})
         assert linked.status_code == 201, linked.text
+        # The third identifier came with a user of its own, merged in (journaled).
+        other_self = (await http.post("/chat", json={"message": "remember that I sail"},
+                                      headers=as_user(telegram))).json()["data"]["user_id"]
+        merged = await http.post(f"/users/{user}/merge", headers=ADMIN_HEADERS,
+                                 json={"from": other_self})
+        assert merged.status_code == 201, merged.text
         await http.post("/chat", json={"message": "what's my budget?"},
                         headers=as_user(slack))
         stored = await http.post("/credentials", headers=as_user(email), json={
@@ -61,7 +66,7 @@ async def test_export_then_erase_leaves_no_row_mentioning_the_user(server):
         doc = exported.json()["data"]
         assert {i["identifier"] for i in doc["identifiers"]} == {email, slack, telegram}
         assert {(f["key"], f["value"]) for f in doc["facts"]} >= {("budget", "$5,317")}
-        assert [m["content"] for m in doc["memories"]] == ["my cat is called Quorra"]
+        assert [m["content"] for m in doc["memories"]] == ["my cat is called Quorra", "I sail"]
         assert [t["message"] for t in doc["scheduled_tasks"]] == ["call the vet"]
         said_texts = [m["content"] for s in doc["sessions"] for m in s["messages"]]
         assert "My budget is $5,317" in said_texts and "what's my budget?" in said_texts
@@ -70,14 +75,16 @@ async def test_export_then_erase_leaves_no_row_mentioning_the_user(server):
         assert {e["action"] for e in doc["audit"]} >= {"link", "export"}
         assert doc["memories"][0]["created_at"].endswith("Z")  # ISO 8601 UTC
 
-        mentions = [user, email, slack, telegram, "5,317", "Quorra", "call the vet"]
+        mentions = [user, other_self, email, slack, telegram, "5,317", "Quorra", "call the vet",
+                    "I sail"]
         before = [m for m in mentions if any(m in text for _, text in await every_row(runtime))]
         assert before == mentions  # the scan finds each of them while the user exists
 
         erased = await http.delete(f"/users/{user}", headers=ADMIN_HEADERS)
         assert erased.status_code == 200, erased.text
         result = erased.json()["data"]
-        assert result["removed"]["identifiers"] == 3 and result["removed"]["memories"] == 1
+        assert result["removed"]["identifiers"] == 3 and result["removed"]["memories"] == 2
+        assert result["removed"]["merge_journal_entries"] == 1
         assert result["user_ref"] == "sha256:" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
         left = [(table, m) for table, text in await every_row(runtime) for m in mentions

@@ -16,6 +16,7 @@ from gateway.api import (
     routes_events,
     routes_identity,
     routes_memory,
+    routes_merges,
     routes_scheduler,
     routes_users,
 )
@@ -36,8 +37,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def api_router() -> APIRouter:
     router = APIRouter(responses=ERRORS)
-    for module in (routes_identity, routes_chat, routes_memory, routes_scheduler,
-                   routes_events, routes_admin, routes_users):
+    for module in (routes_identity, routes_merges, routes_chat, routes_memory,
+                   routes_scheduler, routes_events, routes_admin, routes_users):
         router.include_router(module.router)
     # An identifier in a path may hold any character (a bad one then gets a 422 naming it).
     register_url_convertor("anypath", routes_identity.AnyPath())

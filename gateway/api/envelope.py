@@ -20,6 +20,8 @@ from identity import (
     IdentifierNotFoundError,
     IdentityError,
     InvalidIdentifierError,
+    MergeNotFoundError,
+    MergeUndoRefusedError,
     UserNotFoundError,
 )
 from memory.lifecycle import iso, iso_at  # noqa: F401  (one ISO 8601 UTC form everywhere)
@@ -155,6 +157,18 @@ def _identity_status(exc: IdentityError) -> tuple[int, str, dict[str, Any]]:
         return 404, "USER_NOT_FOUND", {"user_id": exc.user_id}
     if isinstance(exc, IdentifierNotFoundError):
         return 404, "IDENTIFIER_NOT_FOUND", {"identifier": exc.identifier.display}
+    if isinstance(exc, MergeNotFoundError):
+        return 404, "MERGE_NOT_FOUND", {"merge_id": exc.merge_id[:80]}
+    if isinstance(exc, MergeUndoRefusedError):
+        details: dict[str, Any] = {"merge_id": exc.merge_id, "reason": exc.reason}
+        if exc.reason == "identifier_changed":
+            details.update(identifier=exc.identifier, owner_id=exc.owner_id)
+        elif exc.reason == "kept_user_gone":
+            details.update(user_id=exc.user_id, later_merge_id=exc.later_merge)
+        else:
+            details["undone_at" if exc.reason == "already_undone" else "expired_at"] = iso(
+                exc.at)
+        return 409, f"MERGE_{exc.reason.upper()}", details
     if isinstance(exc, InvalidIdentifierError):
         return 422, "INVALID_PARAMS", {"errors": [{"field": exc.field, "msg": str(exc),
                                                    "type": "value_error"}]}

@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import typer
@@ -16,9 +17,16 @@ from rich.table import Table
 from config.settings import ConfigError, Settings, load_settings
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.wiring import Runtime
-from identity import DatabaseError, IdentifierConflictError, IdentityError
+from identity import (
+    DatabaseError,
+    IdentifierConflictError,
+    IdentityError,
+    MergeRecord,
+    UserNotFoundError,
+)
 from identity.storage import connect, describe_url
 from memory import SCHEMA
+from memory.merges import PART, summary
 
 app = typer.Typer(
     help="Threadline: one assistant on every channel, one user behind every identifier.",
@@ -76,6 +84,59 @@ def _parse_identifier(text: str) -> Any:
     """An identifier as typed on a command line, in the one text form the identity core
     reads (`alice@acme.com`, `tg_789`, `slack:U98765ABC`; `U98765ABC:slack` still works)."""
     return text
+
+
+async def _user_of(rt: Runtime, fid: str, given: str) -> str:
+    """A user as named on a command line: its usr_… id, or any of its identifiers."""
+    if given.startswith("usr_") and await rt.identity.store.user_exists(fid, given):
+        return given
+    found = await rt.identity.resolve(fid, _parse_identifier(given), create=False)
+    if found is None:
+        if given.startswith("usr_"):
+            raise UserNotFoundError(given)
+        raise IdentityError(f"no user has identifier {given}")
+    return found
+
+
+async def _confirm(question: str, yes: bool) -> None:
+    """Go on only when the person at the terminal says so (or --yes said it already)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        err.print("[red]error:[/red] no terminal to ask for confirmation; nothing changed "
+                  "(pass --yes to go ahead without asking)", highlight=False)
+        raise typer.Exit(1)
+    try:
+        agreed = await asyncio.to_thread(typer.confirm, question, default=False)
+    except typer.Abort:
+        agreed = False
+    if not agreed:
+        err.print("nothing changed")
+        raise typer.Exit(1)
+
+
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False)
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _show_moves(record: MergeRecord, keep_label: str) -> None:
+    """What a merge moves (or moved), as lines for a person."""
+    _say(f"  identifiers: {len(record.identifiers)}")
+    for i in record.identifiers:
+        _say(f"    {i.identifier} ({i.type or 'untyped'})")
+    if record.parts is None:
+        return
+    moves = summary(record.parts.get(PART))
+    counts = [f"{kind.replace('_', ' ')} {n}" for kind, n in moves["counts"].items() if n]
+    _say(f"  memory: {', '.join(counts) or 'nothing'}")
+    if moves["fact_collisions"]:
+        _say(f"  facts both have ({keep_label}'s value wins):")
+        for c in moves["fact_collisions"]:
+            _say(f"    {c['key']}: {c['kept_value']!r} stays, {c['merged_value']!r} is dropped")
 
 
 @app.command()
@@ -174,13 +235,7 @@ def users_show(user_or_identifier: str, formation: str = FormationOption):
 
     async def work(rt: Runtime) -> None:
         fid = _formation(rt, formation)
-        user_id = user_or_identifier
-        if not user_id.startswith("usr_"):
-            found = await rt.identity.resolve(fid, _parse_identifier(user_id), create=False)
-            if found is None:
-                err.print(f"no user has identifier {user_or_identifier}")
-                raise typer.Exit(1)
-            user_id = found
+        user_id = await _user_of(rt, fid, user_or_identifier)
         table = Table(title=user_id)
         for column in ("identifier", "type", "linked at"):
             table.add_column(column)
@@ -191,15 +246,78 @@ def users_show(user_or_identifier: str, formation: str = FormationOption):
     _run(work)
 
 
-@users.command("merge")
-def users_merge(keep: str = typer.Argument(..., help="The user that stays (usr_…)."),
-                absorb: str = typer.Argument(..., help="The user folded into it (usr_…)."),
-                formation: str = FormationOption):
-    """Fold one user into another: identifiers, memory, sessions, credentials, tasks."""
+YesOption = typer.Option(False, "--yes", "-y",
+                         help="Do it without asking (needed when no terminal is attached).")
+# Help texts: typer keeps the line breaks of every paragraph but the first, so each
+# paragraph here is one line.
+_MERGE_HELP = (
+    "Fold one user into another: identifiers, memory, sessions, credentials, tasks.\n\n"
+    "Prints a preview first (what moves, and the facts both users have: KEEP's value "
+    "wins), then asks; --yes skips asking, --dry-run only previews.\n\n"
+    "The merge is journaled: `threadline users undo-merge MERGE_ID` puts both users back "
+    "as they were, within the retention window (THREADLINE_MERGE_RETENTION_DAYS, 30 days "
+    "by default)."
+)
+_UNDO_MERGE_HELP = (
+    "Undo a merge: the merged-away user comes back with its identifiers and memory.\n\n"
+    "Both users are as they were before the merge, the same ids included; what the kept "
+    "user gained since the merge stays with it. Possible within the retention window "
+    "(THREADLINE_MERGE_RETENTION_DAYS, 30 days by default). Refused once undone, when the "
+    "kept user has been merged away since (undo that merge first), or when a moved "
+    "identifier has been unlinked or linked elsewhere since.\n\n"
+    "Shows what goes back, then asks; --yes skips asking."
+)
+
+
+@users.command("merge", help=_MERGE_HELP)
+def users_merge(
+    keep: str = typer.Argument(
+        ..., metavar="KEEP", help="The user that stays: its usr_… id or any identifier of it."),
+    absorb: str = typer.Argument(
+        ..., metavar="FROM",
+        help="The user folded into KEEP, then deleted: its usr_… id or any identifier of it."),
+    yes: bool = YesOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the preview."),
+    formation: str = FormationOption,
+):
 
     async def work(rt: Runtime) -> None:
-        moved = await rt.identity.merge(_formation(rt, formation), keep, absorb, actor="cli")
-        out.print(f"merged {absorb} into {keep}; moved {len(moved)} identifier(s)")
+        fid = _formation(rt, formation)
+        kept, merged = await _user_of(rt, fid, keep), await _user_of(rt, fid, absorb)
+        preview = await rt.identity.merge(fid, kept, merged, actor="cli", dry_run=True)
+        _say(f"Preview: merge {merged} into {kept} ({merged} is then deleted)")
+        _show_moves(preview, kept)
+        if dry_run:
+            return
+        await _confirm(f"Merge {merged} into {kept}?", yes)
+        record = await rt.identity.merge(fid, kept, merged, actor="cli")
+        _say(f"merged {merged} into {kept}; moved {len(record.identifiers)} identifier(s); "
+             f"merge id {record.id}")
+        _say(f"to undo it (until {_when(record.expires_at)}): threadline users undo-merge "
+             f"{record.id}" + (f" -f {fid}" if formation else ""))
+
+    _run(work)
+
+
+@users.command("undo-merge", help=_UNDO_MERGE_HELP)
+def users_undo_merge(
+    merge_id: str = typer.Argument(
+        ..., metavar="MERGE_ID",
+        help="The merge id (mrg_…) that `users merge` printed (also in the audit log)."),
+    yes: bool = YesOption,
+    formation: str = FormationOption,
+):
+
+    async def work(rt: Runtime) -> None:
+        fid = _formation(rt, formation)
+        check = await rt.identity.undo_merge(fid, merge_id, actor="cli", dry_run=True)
+        _say(f"Undo merge {merge_id} of {_when(check.at)}: {check.merged_user} comes back "
+             f"from {check.kept_user} with")
+        _show_moves(check, "the kept user")
+        await _confirm(f"Undo merge {merge_id}?", yes)
+        record = await rt.identity.undo_merge(fid, merge_id, actor="cli")
+        shown = ", ".join(i.identifier for i in record.identifiers) or "no identifiers"
+        _say(f"undone: {record.merged_user} is back with {shown}")
 
     _run(work)
 
@@ -218,6 +336,8 @@ def _fast_event_loop() -> None:
 def serve(
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", "-p", help="Port to listen on (default 8000)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64, help=(
+        "Processes sharing the port, each a full replica (needs PostgreSQL).")),
 ):
     """Run the gateway: HTTP API, web chat page, scheduler and every configured channel."""
     from gateway.runtime.server import serve as run_server
@@ -226,6 +346,12 @@ def serve(
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
         _fast_event_loop()
+        if workers > 1:
+            from gateway.runtime.workers import serve_workers
+
+            raise typer.Exit(serve_workers(settings, host or settings.host,
+                                           settings.port if port is None else port, workers,
+                                           err, run_server))
         asyncio.run(run_server(settings, host or settings.host,
                                settings.port if port is None else port, err))
     except (ConfigError, DatabaseError, IdentityError) as exc:

@@ -54,6 +54,9 @@ class Conversations(Protocol):
 
 class Adapter(Protocol):
     name: str
+    # True when the channel must run in one replica at a time (a long poll, a gateway
+    # connection, a mailbox); the supervisor then runs it under a lease.
+    exclusive: bool
 
     async def run(self, ready: Ready = QUIET) -> None:
         """Serve the channel until cancelled, calling `ready(detail)` once it is connected.

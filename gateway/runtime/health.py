@@ -1,7 +1,8 @@
 """Readiness: whether this gateway can serve, component by component.
 
 `GET /v1/health` stays the cheap liveness probe (the process answers). `GET /v1/ready`
-checks the database and the cache (without either nothing can be served: 503), each
+checks the database (without it nothing can be served: 503), the cache (without it
+lookups go to the database: degraded, still 200), each
 channel as the supervisor sees it, and the responder (without it the assistant apologises:
 degraded, still 200)."""
 
@@ -34,16 +35,16 @@ class Readiness:
     async def report(self) -> tuple[bool, dict[str, Any]]:
         rt = self.runtime
         database, cache = await asyncio.gather(
-            _probe(rt.db.fetchval("SELECT 1")),
-            _probe(rt.identity.cache.backend.exists("tl:ready")))
+            _probe(rt.db.fetchval("SELECT 1")), rt.identity.cache.status())
         channels: dict[str, Any] = {"api": {"status": "up"}, "web": {"status": "up"}}
         for name, state in sorted(rt.channel_states.items()):
             channels[name] = state.report()
         components = {"database": database, "cache": cache, "channels": channels,
                       "responder": await self._check_responder()}
-        ready = database["status"] == "up" and cache["status"] == "up"
-        degraded = (components["responder"]["status"] != "up"
-                    or any(c["status"] != "up" for c in channels.values()))
+        # A degraded cache costs speed, not answers: lookups go to the database.
+        ready = database["status"] == "up"
+        degraded = (cache["status"] != "up" or components["responder"]["status"] != "up"
+                    or any(c["status"] not in ("up", "standby") for c in channels.values()))
         status = "not_ready" if not ready else "degraded" if degraded else "ready"
         return ready, {"status": status, "components": components}
 

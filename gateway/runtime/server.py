@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from rich.console import Console
 from config.settings import Settings
 from gateway.api.app import create_app
 from gateway.runtime.formations import Formation, load_formations
+from gateway.runtime.leases import run_under
+from gateway.runtime.sqlite_lock import hold_sqlite
 from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
 from gateway.runtime.wiring import Runtime
 from identity.storage import describe_url
@@ -37,7 +40,7 @@ class Gateway:
 
 def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[Any]]:
     """Build every configured adapter; a misconfigured one is reported, not fatal."""
-    supervisor = Supervisor()
+    supervisor = Supervisor(leases=runtime.leases)
     refused: dict[str, str] = {}
     routes: list[Any] = []
     for name, config in runtime.settings.channels.items():
@@ -118,14 +121,21 @@ async def embed_missing(runtime: Runtime) -> None:
         log.info("embedded stored memories", count=done, model=users.embedder.name)
 
 
-async def serve(settings: Settings, host: str, port: int, console: Console) -> None:
+async def serve(settings: Settings, host: str, port: int, console: Console, *,
+                sockets: list[socket.socket] | None = None, quiet: bool = False) -> None:
+    """Serve until SIGTERM. `sockets`: listen on these (already bound, shared by the
+    workers of `serve --workers`); `quiet`: no start-up summary (all but the first)."""
+    serving_lock = hold_sqlite(settings.database)  # noqa: F841  (held until the process ends)
     gateway = await build(settings)
     runtime = gateway.runtime
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway.supervisor.start()
-        scheduler = asyncio.create_task(runtime.scheduler.run(), name="scheduler")
+        # One replica at a time runs the scheduler (its claims would keep two from firing
+        # a task twice, but one poller is enough).
+        scheduler = asyncio.create_task(
+            run_under(runtime.leases, "scheduler", runtime.scheduler.run), name="scheduler")
         embedding = asyncio.create_task(embed_missing(runtime), name="embed-missing")
         try:
             yield
@@ -133,8 +143,11 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
             embedding.cancel()
             log.info("shutting down: draining channels")
             await gateway.supervisor.stop()
-            runtime.scheduler.stop()
-            await scheduler
+            runtime.scheduler.stop()  # a running scheduler finishes its round; one on
+            await asyncio.wait({scheduler}, timeout=15)  # standby has nothing to finish
+            scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
             await runtime.close()
             log.info("stopped")
 
@@ -148,7 +161,7 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
 
     async def startup(sockets: Any = None) -> None:
         await original_startup(sockets=sockets)
-        if server.started:
+        if server.started and not quiet:
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
             summary(gateway, host, bound, console)
 
@@ -160,7 +173,7 @@ async def serve(settings: Settings, host: str, port: int, console: Console) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.handle_exit, sig, None)
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         if not server.started:
             await runtime.close()

@@ -19,6 +19,7 @@ import structlog
 
 from gateway.conversation.engine import describe
 from gateway.conversation.ports import Adapter, AdapterConfigError, Conversations
+from gateway.runtime.leases import Leases, LocalLeases, run_under
 from memory.lifecycle import iso
 
 __all__ = ["AdapterConfigError", "ChannelState", "Supervisor", "load_adapter"]
@@ -41,7 +42,8 @@ def load_adapter(name: str, config: Mapping[str, Any], conversations: Conversati
 
 @dataclass
 class ChannelState:
-    """`starting`, `up` (connected), `retrying` (after `last_error`), or `stopped` (with
+    """`starting`, `up` (connected), `retrying` (after `last_error`), `standby` (another
+    replica runs it; this one takes over if that one goes), or `stopped` (with
     `last_error` saying why: bad credentials or settings are not retried)."""
 
     name: str
@@ -70,9 +72,11 @@ class Supervisor:
     exponential backoff; refused credentials stop the channel with a report. Neither
     touches the other channels or the API."""
 
-    def __init__(self, *, base_delay: float = 1.0, max_delay: float = 60.0) -> None:
+    def __init__(self, *, base_delay: float = 1.0, max_delay: float = 60.0,
+                 leases: Leases | None = None) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.leases: Leases = leases or LocalLeases()
         self.adapters: dict[str, Adapter] = {}
         self.states: dict[str, ChannelState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +96,18 @@ class Supervisor:
                                                         name=f"channel:{name}")
 
     async def _keep(self, adapter: Adapter) -> None:
+        if not getattr(adapter, "exclusive", False):
+            await self._keep_running(adapter)
+            return
+        state = self.states[adapter.name]
+
+        def standby() -> None:
+            state.set("standby", "waiting for the lease: another replica runs this channel")
+
+        await run_under(self.leases, f"channel:{adapter.name}",
+                        lambda: self._keep_running(adapter), standby=standby)
+
+    async def _keep_running(self, adapter: Adapter) -> None:
         state = self.states[adapter.name]
 
         def ready(detail: str) -> None:

@@ -11,8 +11,9 @@ from gateway.conversation.engine import Engine
 from gateway.conversation.live import EventHub, LiveChannel
 from gateway.conversation.responders.base import Responder
 from gateway.conversation.scheduler import Scheduler
+from gateway.runtime.leases import Leases, LocalLeases, make_leases
 from identity import Database, IdentifierParser, IdentityService, connect, store_for
-from identity.cache import IdentityCache, make_backend
+from identity.cache import make_cache
 from memory import SCHEMA, Memory
 from memory.embeddings import Embedder
 
@@ -58,6 +59,8 @@ class Runtime:
     events: EventHub
     # The channels' states as the supervisor keeps them (set by `serve`), for readiness.
     channel_states: dict[str, Any] = field(default_factory=dict)
+    # Work one replica at a time does (exclusive channels, the scheduler).
+    leases: Leases = field(default_factory=LocalLeases)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -65,19 +68,22 @@ class Runtime:
         try:
             if migrate:
                 await db.migrate()
-            cache = IdentityCache(
-                make_backend(settings.cache, max_entries=settings.cache_max_entries),
-                ttl=settings.cache_ttl,
-            )
-            identity = IdentityService(store_for(db), cache,
+            cache = make_cache(settings.cache, db, ttl=settings.cache_ttl,
+                               max_entries=settings.cache_max_entries)
+            await cache.start()
+            store = store_for(db, merge_retention_days=settings.merge_retention_days)
+            identity = IdentityService(store, cache,
                                        IdentifierParser(settings.identity_key(),
                                                         extra_types=settings.identity_types))
             memory = Memory.open(db, credentials_key=settings.credential_key(),
                                  idle_timeout=settings.session_idle_timeout,
                                  buffer_size=settings.session_buffer_size,
                                  embedder=make_embedder(settings))
-            identity.store.on_merge(memory.merge_into)  # merging users carries memory along
-            identity.store.on_erase(memory.erase_user)  # erasing a user erases their memory
+            # Merging users carries memory along; undoing a merge brings it back; erasing
+            # a user erases their memory.
+            identity.store.on_merge(memory.merge_into)
+            identity.store.on_unmerge(memory.unmerge)
+            identity.store.on_erase(memory.erase_user)
             responder = make_responder(settings)
         except BaseException:
             await db.close()
@@ -89,7 +95,7 @@ class Runtime:
         channels.add(LiveChannel("web", events))
         channels.add(LiveChannel("api", events))
         return cls(settings, db, identity, memory, engine, channels,
-                   Scheduler(memory, channels), events)
+                   Scheduler(memory, channels), events, leases=make_leases(db))
 
     async def close(self) -> None:
         if getattr(self, "_closed", False):
@@ -102,5 +108,6 @@ class Runtime:
         embedder_close = getattr(self.memory.users.embedder, "close", None)
         if embedder_close is not None:
             await embedder_close()
+        await self.leases.close()
         await self.identity.cache.close()
         await self.db.close()

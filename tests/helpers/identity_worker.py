@@ -15,14 +15,15 @@ import time
 
 from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
-from identity.cache import IdentityCache, make_backend
+from identity.cache import make_cache
 
 SECRET = b"test-identity-secret-0123456789"
 
 
 async def main(db_url: str, cache_url: str, formation: str, command: str, *args: str) -> object:
     db = await connect(db_url)
-    cache = IdentityCache(make_backend(cache_url, max_entries=1000), ttl=3600)
+    cache = make_cache(cache_url, db, max_entries=1000)  # as a serving replica has it
+    await cache.start()
     service = IdentityService(store_for(db), cache, IdentifierParser(SECRET))
     try:
         if command == "race":

@@ -1,0 +1,108 @@
+"""`threadline serve --workers N`: N processes on one host sharing one listening socket.
+
+The parent binds the socket, forks the workers and waits. Each worker is a full replica
+(its own pool, cache tier and leases), so this needs PostgreSQL: SQLite serves one process.
+SIGTERM or SIGINT to the parent is passed to every worker, which drains and exits; a worker
+that dies is started again (at most once every few seconds, so a crash loop stays visible).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+import structlog
+from rich.console import Console
+
+from config.settings import ConfigError, Settings
+
+log = structlog.get_logger("threadline.server")
+
+RESTART_PAUSE = 2.0  # seconds between restarts of a worker that died
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"could not listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_workers(settings: Settings, host: str, port: int, workers: int,
+                  console: Console, run: Callable[..., object]) -> int:
+    """Fork `workers` processes each running `run(settings, host, port, console,
+    sockets=[sock], quiet=…)` (a coroutine function); returns the exit status."""
+    if settings.database.startswith("sqlite:"):
+        raise ConfigError(
+            f"--workers {workers} needs PostgreSQL: SQLite serves one process "
+            "(THREADLINE_DATABASE_URL=postgresql://…), or run without --workers")
+    sock = listening_socket(host, port)
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: default signal handling, its own event loop
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                asyncio.run(run(settings, host, port, console, sockets=[sock],  # type: ignore[arg-type]
+                                quiet=number > 0))
+            except BaseException as exc:  # noqa: BLE001 - a worker says why it ended
+                if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                    print(f"worker {number} failed: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
+                    code = 1
+            os._exit(code)
+        children[pid] = number
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for number in range(workers):
+        start(number)
+    console.print(f"  workers    {workers} processes on {host}:{sock.getsockname()[1]} "
+                  f"(pids {', '.join(str(p) for p in children)})")
+    status, last_restart = 0, 0.0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        number = children.pop(pid, None)
+        if number is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        if stopping:  # one still starting dies of the SIGTERM itself: that is a clean stop
+            status = status or int(exit_code not in (0, -signal.SIGTERM))
+            continue
+        log.error("worker ended; starting it again", worker=number, pid=pid, exit=exit_code)
+        time.sleep(max(0.0, RESTART_PAUSE - (time.monotonic() - last_restart)))
+        last_restart = time.monotonic()
+        if not stopping:
+            start(number)
+    sock.close()
+    return status
