@@ -179,6 +179,14 @@ async def test_every_success_matches_the_document_and_every_time_is_iso_8601_utc
         await ok("GET", "/users", headers=admin)
         await ok("GET", f"/users/{user}/export", headers=admin)
         await ok("DELETE", f"/scheduler/jobs/{job['id']}", headers=admin)
+        other = (await ok("POST", "/users/resolve", json={"identifier": "bo@x.co"},
+                          headers=client))["muxi_user_id"]
+        preview = await http.post(f"/users/{user}/merge", headers=admin,
+                                  json={"from": other, "dry_run": True})
+        assert preview.status_code == 200  # a preview: documented as 200
+        merged = await ok("POST", f"/users/{user}/merge", json={"from": other}, headers=admin)
+        await ok("GET", f"/merges/{merged['merge_id']}", headers=admin)
+        await ok("POST", f"/merges/{merged['merge_id']}/undo", headers=admin)
         await ok("DELETE", "/users/identifiers/slack:U1", headers=admin)
         await ok("DELETE", f"/users/{user}", headers=admin)
         doc = (await http.get(url + "/openapi.json")).json()

@@ -13,8 +13,15 @@ class Probe(BaseModel):
     error: str | None = Field(None, description="why it is down")
 
 
+class CacheReport(Probe):
+    status: str = Field(description="`up`, or `degraded` (lookups go to the database)")
+    tiers: list[str] | None = Field(None, description="`memory`, `redis`")
+    bus: str | None = Field(None, description="how the other replicas are told of changes")
+
+
 class ChannelReport(BaseModel):
-    status: str = Field(description="`starting`, `up`, `retrying` or `stopped`")
+    status: str = Field(description="`starting`, `up`, `retrying`, `standby` (another "
+                                    "replica runs it) or `stopped`")
     since: datetime | None = None
     detail: str | None = None
     last_error: str | None = None
@@ -27,7 +34,7 @@ class ResponderReport(Probe):
 
 class Components(BaseModel):
     database: Probe
-    cache: Probe
+    cache: CacheReport
     channels: dict[str, ChannelReport]
     responder: ResponderReport
 
