@@ -23,6 +23,14 @@ def iso(at: float | None) -> str | None:
         "+00:00", "Z")
 
 
+def iso_at(record: Any) -> Any:
+    """A stored provenance record ({"channel", "message_id", "at", "by"}, a fact's source or
+    a memory's metadata) with its time, stored as Unix seconds, in ISO 8601 UTC."""
+    if isinstance(record, dict) and isinstance(record.get("at"), int | float):
+        return {**record, "at": iso(record["at"])}
+    return record
+
+
 def _json(text: str | None) -> Any:
     return json.loads(text) if text else None
 
@@ -58,8 +66,8 @@ async def export_user(db: Database, user_id: str) -> dict[str, Any]:
                                "created_at": iso(m[4])})
     return {
         "facts": [{"kind": f[0], "key": f[1], "value": f[2], "updated_at": iso(f[3]),
-                   "source": _json(f[4])} for f in facts],
-        "memories": [{"id": m[0], "content": m[1], "metadata": _json(m[2]) or {},
+                   "source": iso_at(_json(f[4]))} for f in facts],
+        "memories": [{"id": m[0], "content": m[1], "metadata": iso_at(_json(m[2]) or {}),
                       "created_at": iso(m[3])} for m in memories],
         "synopsis": None if profile is None else {"text": profile[0],
                                                   "updated_at": iso(profile[1])},

@@ -1,6 +1,9 @@
 """The HTTP API through a real server socket, with raw HTTP and the official MUXI SDK."""
 
 import asyncio
+import json
+import re
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -282,17 +285,60 @@ async def test_memories_can_be_searched_through_the_api(server):
     assert listed["count"] == 3
 
 
-@pytest.mark.parametrize(("path", "body", "field"), [
-    ("/chat", {"message": "hi\u0000there"}, "message"),
-    ("/memories", {"detail": "a\u0000b"}, "detail"),
-    ("/credentials", {"service": "git\u0000hub", "credential": {"token": "x"}}, "service"),
-])
-async def test_a_nul_byte_in_a_text_field_is_a_422_naming_it(server, path, body, field):
+NUL = "a\u0000b"
+
+
+def _nul_requests(doc: dict, path: str, method: str, op: dict):
+    """For one operation, a request per text input (path and query parameters, each JSON
+    body field, the user header) holding a NUL, and the field its 422 must name."""
+    def filled(where: str | None = None) -> str:
+        return re.sub(r"\{([^}:]+)(:[^}]*)?\}", lambda m: quote(NUL, safe="")
+                      if m.group(1) == where else "x", path)
+
+    for p in op.get("parameters", []):
+        if p["in"] == "path":
+            yield {"url": filled(p["name"])}, f"path.{p['name']}"
+        elif p["in"] == "query" and "string" in json.dumps(p["schema"]):
+            yield {"url": filled(), "params": {p["name"]: NUL}}, f"query.{p['name']}"
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+    schema = body.get("schema", {})
+    if "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    for name, prop in schema.get("properties", {}).items():
+        kinds = [prop.get("type")] + [k.get("type") for k in prop.get("anyOf", [])]
+        if "array" in kinds:
+            yield {"url": filled(), "json": {name: [NUL]}}, f"{name}.0"
+        elif "string" in kinds:
+            yield {"url": filled(), "json": {name: NUL}}, name
+        elif "object" in kinds:
+            yield {"url": filled(), "json": {name: {"token": NUL}}}, f"{name}.token"
+    if any("UserId" in r for r in op.get("security", [])):
+        yield {"url": filled(), "headers": {"X-Muxi-User-ID": "a%00b"}}, "X-Muxi-User-ID"
+
+
+async def test_a_nul_in_any_text_input_of_any_operation_is_a_422_naming_it(server):
+    """PostgreSQL refuses U+0000 in text: everywhere a client can put one, the answer is
+    a 422 naming the field, never a 500 (the `server` fixture runs both stores)."""
     url, _ = server
-    async with httpx.AsyncClient(base_url=url + "/v1") as http:
-        answer = await http.post(path, json=body, headers=headers("nul@x.co"))
-    assert answer.status_code == 422, answer.text
-    assert answer.json()["message"].startswith(f"{field}:") and "NUL" in answer.json()["message"]
+    tried = set()
+    async with httpx.AsyncClient(base_url=url) as http:
+        doc = (await http.get("/openapi.json")).json()
+        for path, item in doc["paths"].items():
+            for method, op in item.items():
+                for request, field in _nul_requests(doc, path, method, op):
+                    sent = {"X-Muxi-Admin-Key": ADMIN, "X-Muxi-User-ID": "nul@x.co",
+                            **request.pop("headers", {})}
+                    answer = await http.request(method.upper(), headers=sent, **request)
+                    assert answer.status_code == 422, (method, path, field, answer.text)
+                    assert answer.json()["code"] == "INVALID_PARAMS"
+                    message = answer.json()["message"]
+                    assert message.startswith(f"{field}:") and "NUL" in message, (
+                        method, path, message)
+                    tried.add((method, path, field))
+    assert len({(m, p) for m, p, _ in tried}) >= 30 and len(tried) >= 60, sorted(tried)
+    assert ("post", "/v1/credentials", "credential.token") in tried
+    assert ("get", "/v1/memories", "query.q") in tried
+    assert ("delete", "/v1/users/identifiers/{identifier}", "path.identifier") in tried
 
 
 async def test_a_body_over_the_limit_gets_413_after_the_key_and_before_it_is_read(server):

@@ -100,7 +100,7 @@ async def test_a_paused_job_never_fires_and_fires_at_its_next_due_time_once_resu
     fid = runtime.settings.formation_id
     scheduler = Scheduler(runtime.memory, runtime.channels, formation=fid)
     job = await sdk.create_scheduler_job("recurring", "every 5 minutes", "stretch", "ed@x.co")
-    due = job["next_run"]
+    due = _epoch(job["next_run"])  # times are ISO 8601 UTC strings
 
     paused = await sdk.pause_scheduler_job(job["id"])
     assert (paused["status"], paused["paused"], paused["next_run"]) == ("paused", True, None)
@@ -113,7 +113,7 @@ async def test_a_paused_job_never_fires_and_fires_at_its_next_due_time_once_resu
     assert [j["status"] for j in listed["jobs"]] == ["paused"]
 
     resumed = await sdk.resume_scheduler_job(job["id"])
-    assert resumed["status"] == "scheduled" and resumed["next_run"] == due
+    assert resumed["status"] == "scheduled" and resumed["next_run"] == job["next_run"]
     await scheduler.run_once(at=due - 1)
     assert (await sdk.get_scheduler_job(job["id"]))["last_run"] is None
     await scheduler.run_once(at=due + 1)
@@ -126,7 +126,7 @@ async def test_resuming_a_recurring_job_skips_the_runs_it_missed(sdk, server):
     _, runtime = server
     job = await sdk.create_scheduler_job("recurring", "every 1 hours", "water", "fi@x.co")
     await sdk.pause_scheduler_job(job["id"])
-    later = job["next_run"] + 2 * 3600 + 60
+    later = _epoch(job["next_run"]) + 2 * 3600 + 60
     resumed = await runtime.memory.tasks.resume(runtime.settings.formation_id, job["id"],
                                                 at=later)
     assert resumed.next_run == pytest.approx(later + 3600)
@@ -138,7 +138,7 @@ async def test_update_changes_schedule_message_and_title_validated_as_on_create(
                                              message="call dad", title="Family")
     assert (changed["message"], changed["schedule"], changed["title"]) == (
         "call dad", "in 2 hours", "Family")
-    assert changed["next_run"] == pytest.approx(time.time() + 7200, abs=30)
+    assert _epoch(changed["next_run"]) == pytest.approx(time.time() + 7200, abs=30)
     again = await sdk.get_scheduler_job(job["id"])
     assert (again["message"], again["title"], again["next_run"]) == (
         "call dad", "Family", changed["next_run"])

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel
 from starlette.convertors import register_url_convertor
 
 from gateway import __version__
@@ -21,27 +20,13 @@ from gateway.api import (
     routes_scheduler,
     routes_users,
 )
-from gateway.api.envelope import install_error_handlers
+from gateway.api.docs import install_docs
+from gateway.api.envelope import Envelope, ErrorBody, install_error_handlers
 from gateway.api.limits import BodyLimit
 from gateway.api.request_ids import RequestIds
 from gateway.runtime import metrics
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
-
-
-class ErrorBody(BaseModel):
-    """Every error: `code` and `message` at the top level, as the SDKs read them."""
-
-    object: str
-    type: str
-    timestamp: int
-    request: dict[str, Any]
-    success: bool
-    code: str
-    message: str
-    error: dict[str, Any]
-    details: dict[str, Any]
-
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
@@ -60,7 +45,8 @@ def api_router() -> APIRouter:
     # An identifier in a path may hold any character (a bad one then gets a 422 naming it).
     register_url_convertor("anypath", routes_identity.AnyPath())
     router.add_api_route("/users/identifiers/{identifier:anypath}", routes_identity.unlink,
-                         methods=["DELETE"], tags=["users"])
+                         methods=["DELETE"], tags=["users"],
+                         response_model=Envelope[routes_identity.Unlinked])
     return router
 
 
@@ -70,9 +56,15 @@ def create_app(runtime: Runtime, formations: dict[str, Formation], *,
         title="Threadline formation API",
         version=__version__,
         description="One user behind every identifier; compatible with the MUXI formation "
-                    "API and SDK.",
+                    "API and SDK. Authorize with a key (and the user a call speaks for) to "
+                    "try the operations here. Every time is an ISO 8601 UTC string, but the "
+                    "envelope's `timestamp` (milliseconds, as MUXI's). A NUL character "
+                    "(U+0000) in any text is refused with 422 INVALID_PARAMS naming the "
+                    "field.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # /docs is served from the package: see docs.py
     )
+    install_docs(app)
     app.state.runtime = runtime
     app.state.formations = formations
     app.state.default_formation = runtime.settings.formation_id

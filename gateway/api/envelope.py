@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import ThreadlineError
@@ -25,7 +26,7 @@ from identity import (
     UserNotFoundError,
 )
 from identity.storage import DatabaseUnavailableError
-from memory.lifecycle import iso  # noqa: F401  (one ISO 8601 UTC form everywhere)
+from memory.lifecycle import iso, iso_at  # noqa: F401  (one ISO 8601 UTC form everywhere)
 from memory.types import InvalidScheduleError, NotFoundError, TaskStateError
 
 log = structlog.get_logger("threadline.api")
@@ -33,14 +34,37 @@ log = structlog.get_logger("threadline.api")
 RETRY_AFTER = "5"  # seconds, as /ready says while a dependency is down
 
 
+NUL_MESSAGE = "must not contain a NUL character (\\u0000)"
+
+
 def _no_nul(value: str) -> str:
-    # PostgreSQL cannot store U+0000 in text: refuse it here, naming the field.
+    # PostgreSQL cannot store U+0000 in text: refuse it here, naming the field. (Requests
+    # are checked whole before their models are, by `gateway.api.deps.refuse_nul`; this
+    # keeps a model safe wherever else it is validated.)
     if "\x00" in value:
-        raise ValueError("must not contain a NUL character (\\u0000)")
+        raise ValueError(NUL_MESSAGE)
     return value
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def nul_fields(value: Any, path: str = "") -> Iterator[str]:
+    """Where in a parsed JSON value a string (or an object's key) holds U+0000, as
+    dotted paths the way validation errors name fields (`identifiers.0`, `credential.token`)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                yield f"{path or 'body'} (a key)"
+            else:
+                yield from nul_fields(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from nul_fields(item, f"{path}.{i}" if path else str(i))
 
 
 class ApiError(ThreadlineError):
@@ -53,6 +77,11 @@ class ApiError(ThreadlineError):
         self.message = message
         self.details = details or {}
         self.headers = headers
+
+
+def nul_error(fields: list[str]) -> ApiError:
+    return ApiError(422, "INVALID_PARAMS", f"{fields[0]}: {NUL_MESSAGE}", {"errors": [
+        {"field": f, "msg": NUL_MESSAGE, "type": "value_error"} for f in fields]})
 
 
 def request_id(request: Request) -> str:
@@ -80,6 +109,48 @@ def error_response(request: Request, status: int, code: str, message: str,
          "details": details or {}},
         status_code=status, headers=headers,
     )
+
+
+T = TypeVar("T")
+MS_DESCRIPTION = ("when the answer was made, in milliseconds since the Unix epoch: the MUXI "
+                  "envelope's form, kept for its SDKs; every other time in the API is an "
+                  "ISO 8601 UTC string")
+
+
+class RequestRef(BaseModel):
+    id: str = Field(examples=["req_0123456789abcdef0123"])
+
+
+class Envelope(BaseModel, Generic[T]):
+    """Every success: the answer in `data` (which the MUXI SDK returns, adding
+    `request_id` and `timestamp`)."""
+
+    object: str
+    type: str
+    timestamp: int = Field(description=MS_DESCRIPTION)
+    request: RequestRef
+    success: Literal[True]
+    data: T
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: `code` and `message` at the top level, as the SDKs read them; a 422
+    lists each bad field in `details.errors` as {field, msg, type}."""
+
+    object: Literal["error"]
+    type: str
+    timestamp: int = Field(description=MS_DESCRIPTION)
+    request: RequestRef
+    success: Literal[False]
+    code: str
+    message: str
+    error: ErrorDetail
+    details: dict[str, Any]
 
 
 def _identity_status(exc: IdentityError) -> tuple[int, str, dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,8 +75,11 @@ class BodyLimit:
 
 
 async def _answer(send: Send, status: int, code: str, message: str) -> None:
-    body: dict[str, Any] = {"object": "error", "type": code.lower(), "success": False,
-                            "code": code, "message": message,
+    # The shape of every other error (envelope.error_response), without a Request to hand.
+    body: dict[str, Any] = {"object": "error", "type": code.lower(),
+                            "timestamp": int(time.time() * 1000),
+                            "request": {"id": f"req_{uuid.uuid4().hex[:20]}"},
+                            "success": False, "code": code, "message": message,
                             "error": {"code": code, "message": message}, "details": {}}
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,

@@ -9,10 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.api.deps import admin_access, client_access, runtime
-from gateway.api.envelope import ApiError, iso, ok
+from gateway.api.envelope import ApiError, Envelope, iso, ok
+from gateway.api.models import Components
 from gateway.runtime.formations import Formation
 from gateway.runtime.health import Readiness
 from gateway.runtime.wiring import Runtime
@@ -32,6 +34,63 @@ UNSUPPORTED = {
 }
 
 
+class SchedulerState(BaseModel):
+    running: bool
+
+
+class Status(BaseModel):
+    status: str = Field(description="`ready`, `degraded` or `not_ready`")
+    formation_id: str
+    version: str
+    started_at: datetime
+    uptime_seconds: float
+    components: Components
+    scheduler: SchedulerState
+    users: int
+    jobs: dict[str, int] = Field(description="this formation's jobs in each state")
+
+
+class ResponderInfo(BaseModel):
+    name: str
+    model: str | None
+
+
+class MemoryInfo(BaseModel):
+    backend: str
+    buffer_size: int
+    session_idle_timeout_seconds: float
+
+
+class FormationInfo(BaseModel):
+    formation_id: str
+    id: str
+    version: str
+    description: str
+    channels: list[str]
+    identifier_types: list[str]
+    responder: ResponderInfo
+    memory: MemoryInfo
+    features: dict[str, bool]
+
+
+class AuditRecord(BaseModel):
+    id: int
+    at: datetime
+    actor: str = Field(description="`admin_key`, `cli`, `channel:<name>`, …")
+    action: str = Field(description="`link`, `unlink`, `merge`, `link_code_redeemed`, "
+                                    "`export`, `erase`")
+    user_id: str | None
+    identifier: str | None = Field(description="secret identifiers by fingerprint only")
+    identifier_type: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditRecords(BaseModel):
+    entries: list[AuditRecord]
+    count: int
+
+
 def _readiness(request: Request, rt: Runtime) -> Readiness:
     readiness = getattr(request.app.state, "readiness", None)
     if readiness is None:
@@ -39,7 +98,7 @@ def _readiness(request: Request, rt: Runtime) -> Readiness:
     return readiness
 
 
-@router.get("/status", tags=["admin"])
+@router.get("/status", tags=["admin"], response_model=Envelope[Status])
 async def status(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     """The gateway's state (as /ready reports it, but always 200), its uptime, and what
     this formation holds."""
@@ -58,7 +117,7 @@ async def status(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     }, obj="status", type_="formation.status")
 
 
-@router.get("/formation", tags=["admin"])
+@router.get("/formation", tags=["admin"], response_model=Envelope[FormationInfo])
 async def formation_info(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     """What this formation is made of; no secret (channel settings are named, not shown)."""
     settings = rt.settings
@@ -104,11 +163,15 @@ def _entry(e: AuditEntry) -> dict[str, Any]:
             "identifier_type": e.identifier_type, "before": e.before, "after": e.after}
 
 
-@router.get("/audit", tags=["admin"])
+@router.get("/audit", tags=["admin"], response_model=Envelope[AuditRecords])
 async def audit_log(request: Request, rt: Rt, f: Admin,
                     user_id: Annotated[str | None, Query(max_length=100)] = None,
                     identifier: Annotated[str | None, Query(max_length=512)] = None,
-                    since: str | None = None, until: str | None = None,
+                    since: Annotated[str | None, Query(description=(
+                        "at or after: ISO 8601, UTC when it names no zone (Unix seconds are "
+                        "taken too)"))] = None,
+                    until: Annotated[str | None, Query(description=(
+                        "before: ISO 8601, UTC when it names no zone"))] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
     """Who linked, unlinked, merged or redeemed a link code, newest first: filter by user
     (usr_…), identifier, and time (since inclusive, until exclusive)."""

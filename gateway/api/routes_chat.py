@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import client_access, identify, runtime
-from gateway.api.envelope import ApiError, Text, ok
+from gateway.api.deps import NAMES_USER, client_access, identify, runtime
+from gateway.api.envelope import ApiError, Envelope, ErrorBody, Text, ok
+from gateway.api.models import sse_event
 from gateway.conversation.engine import StreamBrokenError, describe
 from gateway.conversation.live import stream_turn
 from gateway.conversation.messages import InboundMessage, Reply
@@ -31,6 +32,18 @@ class ChatBody(BaseModel):
     message: Text = Field(min_length=1, max_length=20_000)
     session_id: Text | None = Field(None, max_length=200)
     stream: bool = False
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatReply(BaseModel):
+    message: AssistantMessage
+    session_id: str
+    request_id: str
+    user_id: str
 
 
 IDEMPOTENCY_HEADER = "X-Muxi-Idempotency-Key"
@@ -66,9 +79,17 @@ async def _message(request: Request, body: ChatBody, rt: Runtime,
 IN_PROGRESS = f"a request with this {IDEMPOTENCY_HEADER} is being answered; retry shortly"
 
 
-@router.post("/chat", tags=["chat"], responses={200: {
-    "description": "The reply as JSON, or with stream=true as server-sent events",
-    "content": {"application/json": {}, "text/event-stream": {}}}})
+@router.post("/chat", tags=["chat"], dependencies=[NAMES_USER],
+             response_model=Envelope[ChatReply], responses={200: {
+                 "description": "The reply as JSON, or with stream=true as server-sent "
+                                "events: `data: {\"token\"}` frames, then `event: done` with "
+                                "{finished, session_id, request_id, user_id}, or `event: "
+                                "error` with {error, type}",
+                 "content": {"text/event-stream": {
+                     "schema": sse_event("message", "done", "error")}}},
+                 409: {"model": ErrorBody,
+                       "description": "REQUEST_IN_PROGRESS: a request with this "
+                                      "X-Muxi-Idempotency-Key is being answered; Retry-After"}})
 async def chat(request: Request, body: ChatBody,
                rt: Annotated[Runtime, Depends(runtime)],
                f: Annotated[Formation, Depends(client_access)]) -> Response:

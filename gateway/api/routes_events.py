@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from gateway.api.deps import client_access, runtime, user_of
+from gateway.api.deps import NAMES_USER, client_access, runtime, user_of
+from gateway.api.models import sse_event
 from gateway.conversation.live import sse
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
@@ -16,10 +17,12 @@ from gateway.runtime.wiring import Runtime
 router = APIRouter()
 
 
-@router.get("/events", tags=["events"], responses={200: {
-    "description": "`event: message` frames with {type, text, channel, conversation, "
-                   "user_id, task_id}, as they happen; comments keep the connection alive",
-    "content": {"text/event-stream": {}}}})
+@router.get("/events", tags=["events"], dependencies=[NAMES_USER],
+            response_class=StreamingResponse, responses={200: {
+                "description": "`event: connected` with {user_id}, then `event: message` "
+                               "frames with {type, text, channel, conversation, user_id, "
+                               "task_id}, as they happen; comments keep the connection alive",
+                "content": {"text/event-stream": {"schema": sse_event("connected", "message")}}}})
 async def events(request: Request, rt: Annotated[Runtime, Depends(runtime)],
                  f: Annotated[Formation, Depends(client_access)]) -> StreamingResponse:
     user = await user_of(request, f, rt, create=True)

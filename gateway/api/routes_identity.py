@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import PathConvertor
 
 from gateway.api.deps import admin_access, client_access, formation, runtime
-from gateway.api.envelope import ApiError, Text, ok
+from gateway.api.envelope import ApiError, Envelope, Text, iso, ok
+from gateway.api.models import Components, DatedIdentifier, TypedIdentifier
 from gateway.runtime.formations import Formation
 from gateway.runtime.health import Readiness
 from gateway.runtime.wiring import Runtime
@@ -45,11 +46,50 @@ class LinkBody(BaseModel):
     identifiers: list[IdentifierForm] = Field(min_length=1, max_length=100)
 
 
+class Health(BaseModel):
+    status: Literal["healthy"]
+    formation_id: str
+    version: str
+
+
+class ReadinessReport(BaseModel):
+    status: Literal["ready", "degraded", "not_ready"]
+    components: Components
+    formation_id: str
+
+
+class Resolved(BaseModel):
+    identifier: str
+    type: str | None
+    muxi_user_id: str
+    formation_id: str
+
+
+class Linked(BaseModel):
+    muxi_user_id: str
+    created_user: bool
+    identifiers: list[TypedIdentifier] = Field(description="linked now, then already linked")
+    linked: list[TypedIdentifier]
+    existing: list[TypedIdentifier]
+    count: int
+
+
+class UserIdentifiers(BaseModel):
+    muxi_user_id: str
+    identifiers: list[DatedIdentifier]
+    count: int
+
+
+class Unlinked(BaseModel):
+    message: str
+    muxi_user_id: str
+
+
 def _typed(ident: Any) -> dict[str, Any]:
     return {"identifier": ident.display, "type": ident.type}
 
 
-@router.get("/health", tags=["health"])
+@router.get("/health", tags=["health"], response_model=Envelope[Health])
 async def health(request: Request, f: Annotated[Formation, Depends(formation)]) -> JSONResponse:
     from gateway import __version__
 
@@ -57,7 +97,9 @@ async def health(request: Request, f: Annotated[Formation, Depends(formation)]) 
               obj="health", type_="health")
 
 
-@router.get("/ready", tags=["health"], responses={503: {"description": "Cannot serve now"}})
+@router.get("/ready", tags=["health"], response_model=Envelope[ReadinessReport], responses={
+    503: {"model": Envelope[ReadinessReport], "description": "Cannot serve now (the database or "
+                                                       "the cache is down); Retry-After"}})
 async def ready(request: Request, rt: Rt,
                 f: Annotated[Formation, Depends(formation)]) -> JSONResponse:
     """Each component: database, cache, channels (`up`, `retrying` with the last error,
@@ -74,7 +116,7 @@ async def ready(request: Request, rt: Rt,
     return response
 
 
-@router.post("/users/resolve", tags=["users"])
+@router.post("/users/resolve", tags=["users"], response_model=Envelope[Resolved])
 async def resolve(request: Request, body: ResolveBody, rt: Rt,
                   f: Annotated[Formation, Depends(client_access)]) -> JSONResponse:
     given: Any = body.identifier
@@ -93,8 +135,11 @@ async def resolve(request: Request, body: ResolveBody, rt: Rt,
                         "formation_id": f.id}, obj="user", type_="user.resolved")
 
 
-@router.post("/users/identifiers", tags=["users"], status_code=201, responses={
-    200: {"description": "Every identifier was linked to that user already: nothing changed"}})
+@router.post("/users/identifiers", tags=["users"], status_code=201,
+             response_model=Envelope[Linked], response_description="At least one identifier "
+             "was linked (and the user created, when `muxi_user_id` was null and none matched)",
+             responses={200: {"model": Envelope[Linked], "description": "Every identifier was "
+                              "linked to that user already: nothing changed"}})
 async def link(request: Request, body: LinkBody, rt: Rt,
                f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
     result = await rt.identity.associate(f.id, body.identifiers, body.muxi_user_id,
@@ -111,14 +156,15 @@ async def link(request: Request, body: LinkBody, rt: Rt,
               status=201 if result.linked else 200)
 
 
-@router.get("/users/identifiers/{user_id}", tags=["users"])
+@router.get("/users/identifiers/{user_id}", tags=["users"],
+            response_model=Envelope[UserIdentifiers])
 async def identifiers(request: Request, user_id: str, rt: Rt,
                       f: Annotated[Formation, Depends(admin_access)]) -> JSONResponse:
     items = await rt.identity.identifiers_of(f.id, user_id)
     return ok(request, {
         "muxi_user_id": user_id,
         "identifiers": [{"identifier": i.identifier, "type": i.type,
-                         "created_at": i.created_at.isoformat()} for i in items],
+                         "created_at": iso(i.created_at.timestamp())} for i in items],
         "count": len(items),
     }, obj="user_identifiers", type_="user.identifiers")
 

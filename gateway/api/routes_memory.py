@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import admin_access, client_access, require_user, runtime
-from gateway.api.envelope import Text, iso, ok
+from gateway.api.deps import NAMES_USER, admin_access, client_access, require_user, runtime
+from gateway.api.envelope import Envelope, Text, iso, iso_at, ok
+from gateway.api.models import Deleted
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.types import NotFoundError, Session
@@ -26,7 +28,7 @@ class MemoryBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Text = Field("note", max_length=50)
     detail: Text = Field(min_length=1, max_length=10_000)
-    user_id: str | None = None
+    user_id: str | None = Field(None, description="whose memory, instead of X-Muxi-User-ID")
 
 
 class CredentialBody(BaseModel):
@@ -36,13 +38,157 @@ class CredentialBody(BaseModel):
     credential: dict[str, Any] = Field(min_length=1)
 
 
+class MemoryItem(BaseModel):
+    id: str = Field(description="a note's mem_… id, or a fact's or preference's fact_… id")
+    type: str = Field(description="`note`, `fact` or `preference`")
+    content: str
+    created_at: datetime = Field(description="a fact's or preference's: when last changed")
+    metadata: dict[str, Any]
+    key: str | None = Field(None, description="facts and preferences")
+    value: str | None = Field(None, description="facts and preferences")
+
+
+class FactItem(BaseModel):
+    id: str
+    kind: str = Field(description="`fact` or `preference`")
+    key: str
+    value: str
+    updated_at: datetime
+    source: Any = Field(description="where it was learnt (channel, message), when known")
+
+
+class Memories(BaseModel):
+    user_id: str
+    memories: list[MemoryItem]
+    facts: list[FactItem]
+    count: int
+
+
+class NewMemory(BaseModel):
+    id: str
+    content: str
+    created_at: datetime
+    metadata: dict[str, Any]
+
+
+class BufferMessage(BaseModel):
+    role: str
+    content: str
+    created_at: datetime
+
+
+class BufferSession(BaseModel):
+    session_id: str
+    channel: str
+    messages: list[BufferMessage]
+
+
+class Buffer(BaseModel):
+    user_id: str
+    total_messages: int
+    sessions: list[BufferSession]
+
+
+class BufferCleared(BaseModel):
+    user_id: str
+    cleared_messages: int
+
+
+class SessionBufferCleared(BufferCleared):
+    session_id: str
+
+
+class BufferSettings(BaseModel):
+    size: int
+    session_idle_timeout_seconds: float
+
+
+class WorkingSettings(BaseModel):
+    limit: int
+    max_age_seconds: float
+    shared_across_channels: bool
+
+
+class PersistentSettings(BaseModel):
+    backend: str
+    kinds: list[str]
+    search: str
+    user_synopsis: bool
+
+
+class MemoryConfig(BaseModel):
+    formation_id: str
+    buffer: BufferSettings
+    working: WorkingSettings
+    persistent: PersistentSettings
+
+
+class BufferStats(BaseModel):
+    formation_id: str
+    buffer_size: int
+    sessions: int
+    users: int
+    active_sessions: int
+    sessions_with_messages: int
+    total_messages: int
+    buffered_messages: int
+    oldest_message_at: datetime | None
+    newest_message_at: datetime | None
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    user_id: str
+    channel: str
+    started_at: datetime
+    last_activity: datetime
+    active: bool
+
+
+class Sessions(BaseModel):
+    sessions: list[SessionInfo]
+    count: int
+
+
+class SessionMessage(BufferMessage):
+    id: str
+
+
+class SessionMessages(BaseModel):
+    session_id: str
+    messages: list[SessionMessage]
+    count: int
+    has_more: bool
+
+
+class CredentialInfo(BaseModel):
+    credential_id: str
+    id: str
+    service: str
+    name: str
+    credential_preview: str = Field(description="field names and each value's last "
+                                                "characters; never the secret")
+    created_at: datetime
+
+
+class CredentialList(BaseModel):
+    credentials: list[CredentialInfo]
+    count: int
+
+
+class CredentialDeleted(BaseModel):
+    credential_id: str
+    deleted: bool
+
+
 def _session(s: Session, idle_timeout: float) -> dict[str, Any]:
     return {"session_id": s.id, "user_id": s.user_id, "channel": s.channel,
-            "started_at": s.started_at, "last_activity": s.last_activity,
+            "started_at": iso(s.started_at), "last_activity": iso(s.last_activity),
             "active": s.active(idle_timeout)}
 
 
-@router.get("/memories", tags=["memory"])
+@router.get("/memories", tags=["memory"], dependencies=[NAMES_USER],
+            response_model=Envelope[Memories])
 async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50,
                         q: Annotated[str | None, Query(max_length=500, description=(
                             "search: the user's memories that share words with this text, "
@@ -54,19 +200,20 @@ async def list_memories(request: Request, rt: Rt, f: Client, limit: Limit = 50,
         memories = await rt.memory.users.memories(user, limit=limit)
     facts = await rt.memory.users.facts(user)
     sources = await rt.memory.users.fact_sources(user)
-    listed = [{"id": m.id, "type": "note", "content": m.content, "created_at": m.created_at,
-               "metadata": m.metadata} for m in memories]
+    listed = [{"id": m.id, "type": "note", "content": m.content,
+               "created_at": iso(m.created_at), "metadata": iso_at(m.metadata)} for m in memories]
     if not (q and q.strip()):  # facts and preferences are memories too, each with its id
         listed += [{"id": fact_id(x.kind, x.key), "type": x.kind,
                     "content": x.value if x.kind == "preference" else f"{x.key}: {x.value}",
-                    "key": x.key, "value": x.value, "created_at": x.updated_at,
-                    "metadata": {"source": sources.get((x.kind, x.key))}} for x in facts]
+                    "key": x.key, "value": x.value, "created_at": iso(x.updated_at),
+                    "metadata": {"source": iso_at(sources.get((x.kind, x.key)))}}
+                   for x in facts]
     return ok(request, {
         "user_id": user,
         "memories": listed[:limit],
         "facts": [{"id": fact_id(x.kind, x.key), "kind": x.kind, "key": x.key,
-                   "value": x.value, "updated_at": x.updated_at,
-                   "source": sources.get((x.kind, x.key))} for x in facts],
+                   "value": x.value, "updated_at": iso(x.updated_at),
+                   "source": iso_at(sources.get((x.kind, x.key)))} for x in facts],
         "count": len(listed[:limit]),
     }, obj="memories", type_="memory.list")
 
@@ -89,18 +236,21 @@ def _fact_of(memory_id: str) -> tuple[str, str] | None:
     return (kind, key) if sep and kind in ("fact", "preference") else None
 
 
-@router.post("/memories", tags=["memory"], status_code=201)
+@router.post("/memories", tags=["memory"], status_code=201, dependencies=[NAMES_USER],
+             response_model=Envelope[NewMemory])
 async def add_memory(request: Request, body: MemoryBody, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt, given=body.user_id)
     memory = await rt.memory.users.add_memory(user, body.detail, {"type": body.type,
                                                                   "source": "api"})
     await rt.memory.users.refresh_synopsis(user)
     return ok(request, {"id": memory.id, "content": memory.content,
-                        "created_at": memory.created_at, "metadata": memory.metadata},
+                        "created_at": iso(memory.created_at),
+                        "metadata": iso_at(memory.metadata)},
               obj="memory", type_="memory.created", status=201)
 
 
-@router.delete("/memories/{memory_id}", tags=["memory"])
+@router.delete("/memories/{memory_id}", tags=["memory"], dependencies=[NAMES_USER],
+               response_model=Envelope[Deleted])
 async def delete_memory(request: Request, memory_id: str, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     fact = _fact_of(memory_id)
@@ -113,7 +263,8 @@ async def delete_memory(request: Request, memory_id: str, rt: Rt, f: Client) -> 
     return ok(request, {"id": memory_id, "deleted": True}, obj="memory", type_="memory.deleted")
 
 
-@router.get("/memory/buffer", tags=["memory"])
+@router.get("/memory/buffer", tags=["memory"], dependencies=[NAMES_USER],
+            response_model=Envelope[Buffer])
 async def buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     sessions = await rt.memory.sessions.list(user, limit=20)
@@ -122,13 +273,14 @@ async def buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
         messages = await rt.memory.sessions.buffer(s.id)
         total += len(messages)
         out.append({"session_id": s.id, "channel": s.channel, "messages": [
-            {"role": m.role, "content": m.content, "created_at": m.created_at}
+            {"role": m.role, "content": m.content, "created_at": iso(m.created_at)}
             for m in messages]})
     return ok(request, {"user_id": user, "total_messages": total, "sessions": out},
               obj="buffer", type_="memory.buffer")
 
 
-@router.delete("/memory/buffer", tags=["memory"])
+@router.delete("/memory/buffer", tags=["memory"], dependencies=[NAMES_USER],
+               response_model=Envelope[BufferCleared])
 async def clear_buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     cleared = await rt.memory.sessions.clear_buffers(user)
@@ -136,7 +288,8 @@ async def clear_buffer(request: Request, rt: Rt, f: Client) -> JSONResponse:
               obj="buffer", type_="memory.buffer.cleared")
 
 
-@router.delete("/memory/buffer/{session_id}", tags=["memory"])
+@router.delete("/memory/buffer/{session_id}", tags=["memory"], dependencies=[NAMES_USER],
+               response_model=Envelope[SessionBufferCleared])
 async def clear_session_buffer(request: Request, session_id: str, rt: Rt,
                                f: Client) -> JSONResponse:
     """Empty one of the user's sessions (404 for another user's); the session stays."""
@@ -147,7 +300,7 @@ async def clear_session_buffer(request: Request, session_id: str, rt: Rt,
               obj="buffer", type_="memory.buffer.session_cleared")
 
 
-@router.get("/memory", tags=["memory"])
+@router.get("/memory", tags=["memory"], response_model=Envelope[MemoryConfig])
 async def memory_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     """How memory is kept: the per-session buffer, the per-user working memory across
     channels, and persistent memory (facts, preferences, notes) in the database."""
@@ -164,7 +317,7 @@ async def memory_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     }, obj="memory_config", type_="memory.config")
 
 
-@router.get("/memory/stats", tags=["memory"])
+@router.get("/memory/stats", tags=["memory"], response_model=Envelope[BufferStats])
 async def buffer_stats(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     """What this formation's session buffers hold now."""
     stats = await rt.memory.sessions.stats(f.id)
@@ -175,7 +328,8 @@ async def buffer_stats(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     }, obj="buffer_stats", type_="memory.stats")
 
 
-@router.get("/sessions", tags=["sessions"])
+@router.get("/sessions", tags=["sessions"], dependencies=[NAMES_USER],
+            response_model=Envelope[Sessions])
 async def sessions(request: Request, rt: Rt, f: Client, limit: Limit = 20) -> JSONResponse:
     user = await require_user(request, f, rt)
     items = await rt.memory.sessions.list(user, limit=limit)
@@ -184,7 +338,8 @@ async def sessions(request: Request, rt: Rt, f: Client, limit: Limit = 20) -> JS
               obj="sessions", type_="session.list")
 
 
-@router.get("/sessions/{session_id}", tags=["sessions"])
+@router.get("/sessions/{session_id}", tags=["sessions"], dependencies=[NAMES_USER],
+            response_model=Envelope[SessionInfo])
 async def session(request: Request, session_id: str, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     s = await rt.memory.sessions.get(user, session_id)
@@ -192,7 +347,8 @@ async def session(request: Request, session_id: str, rt: Rt, f: Client) -> JSONR
               type_="session")
 
 
-@router.get("/sessions/{session_id}/messages", tags=["sessions"])
+@router.get("/sessions/{session_id}/messages", tags=["sessions"], dependencies=[NAMES_USER],
+            response_model=Envelope[SessionMessages])
 async def session_messages(request: Request, session_id: str, rt: Rt, f: Client,
                            limit: Limit = 50) -> JSONResponse:
     user = await require_user(request, f, rt)
@@ -201,17 +357,18 @@ async def session_messages(request: Request, session_id: str, rt: Rt, f: Client,
     return ok(request, {
         "session_id": session_id,
         "messages": [{"id": m.id, "role": m.role, "content": m.content,
-                      "created_at": m.created_at} for m in messages],
+                      "created_at": iso(m.created_at)} for m in messages],
         "count": len(messages), "has_more": more,
     }, obj="session_messages", type_="session.messages")
 
 
 def _credential(c: Any) -> dict[str, Any]:
     return {"credential_id": c.id, "id": c.id, "service": c.service, "name": c.name,
-            "credential_preview": c.preview, "created_at": c.created_at}
+            "credential_preview": c.preview, "created_at": iso(c.created_at)}
 
 
-@router.get("/credentials", tags=["credentials"])
+@router.get("/credentials", tags=["credentials"], dependencies=[NAMES_USER],
+            response_model=Envelope[CredentialList])
 async def credentials(request: Request, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     items = await rt.memory.credentials.list(user)
@@ -219,7 +376,8 @@ async def credentials(request: Request, rt: Rt, f: Client) -> JSONResponse:
               obj="credentials", type_="credential.list")
 
 
-@router.post("/credentials", tags=["credentials"], status_code=201)
+@router.post("/credentials", tags=["credentials"], status_code=201, dependencies=[NAMES_USER],
+             response_model=Envelope[CredentialInfo])
 async def add_credential(request: Request, body: CredentialBody, rt: Rt,
                          f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
@@ -228,14 +386,16 @@ async def add_credential(request: Request, body: CredentialBody, rt: Rt,
               status=201)
 
 
-@router.get("/credentials/{credential_id}", tags=["credentials"])
+@router.get("/credentials/{credential_id}", tags=["credentials"], dependencies=[NAMES_USER],
+            response_model=Envelope[CredentialInfo])
 async def credential(request: Request, credential_id: str, rt: Rt, f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)
     return ok(request, _credential(await rt.memory.credentials.get(user, credential_id)),
               obj="credential", type_="credential")
 
 
-@router.delete("/credentials/{credential_id}", tags=["credentials"])
+@router.delete("/credentials/{credential_id}", tags=["credentials"],
+               dependencies=[NAMES_USER], response_model=Envelope[CredentialDeleted])
 async def delete_credential(request: Request, credential_id: str, rt: Rt,
                             f: Client) -> JSONResponse:
     user = await require_user(request, f, rt)

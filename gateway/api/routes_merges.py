@@ -3,6 +3,7 @@ POST /users/{keep_id}/merge, GET /merges/{merge_id}, POST /merges/{merge_id}/und
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -10,7 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import admin_access, runtime
-from gateway.api.envelope import iso, ok
+from gateway.api.envelope import Envelope, ErrorBody, iso, ok
+from gateway.api.models import DatedIdentifier
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from identity import MergeRecord
@@ -32,6 +34,32 @@ class MergeBody(BaseModel):
 class UndoBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     dry_run: bool = Field(False, description="only check that the merge can be undone")
+
+
+class FactCollision(BaseModel):
+    kind: str
+    key: str
+    kept_value: str
+    merged_value: str
+    winner: str = Field(description="`kept`: the kept user's value stays")
+
+
+class Merge(BaseModel):
+    merge_id: str | None = Field(description="none for a preview")
+    dry_run: bool
+    formation_id: str
+    kept_user: str
+    merged_user: str
+    identifiers: list[DatedIdentifier] = Field(description="the identifiers that move")
+    moves: dict[str, int] | None = Field(description="how many of each kind move; none "
+                                                     "once past the retention window")
+    fact_collisions: list[FactCollision] | None
+    actor: str
+    at: datetime
+    expires_at: datetime = Field(description="until when it can be undone")
+    undone_at: datetime | None
+    undone_by: str | None
+    undo: str | None = Field(description="the call that undoes it, while it can be")
 
 
 def _base(request: Request) -> str:
@@ -66,8 +94,10 @@ def merge_data(request: Request, record: MergeRecord, *, dry_run: bool) -> dict[
     }
 
 
-@router.post("/users/{keep_id}/merge", tags=["users"], status_code=201, responses={
-    200: {"description": "A preview (dry_run): what would move; nothing was written"}})
+@router.post("/users/{keep_id}/merge", tags=["users"], status_code=201,
+             response_model=Envelope[Merge], response_description="Merged and journaled",
+             responses={200: {"model": Envelope[Merge], "description": "A preview "
+                              "(dry_run): what would move; nothing was written"}})
 async def merge(request: Request, keep_id: str, body: MergeBody, rt: Rt,
                 f: Admin) -> JSONResponse:
     """Fold user `from` into `keep_id`: identifiers, memory, sessions, credentials and tasks
@@ -80,14 +110,17 @@ async def merge(request: Request, keep_id: str, body: MergeBody, rt: Rt,
               status=200 if body.dry_run else 201)
 
 
-@router.get("/merges/{merge_id}", tags=["users"])
+@router.get("/merges/{merge_id}", tags=["users"], response_model=Envelope[Merge])
 async def merge_record(request: Request, merge_id: str, rt: Rt, f: Admin) -> JSONResponse:
     """A journaled merge: who, what moved, when, until when it can be undone."""
     record = await rt.identity.merge_record(f.id, merge_id)
     return ok(request, merge_data(request, record, dry_run=False), obj="merge", type_="merge")
 
 
-@router.post("/merges/{merge_id}/undo", tags=["users"])
+@router.post("/merges/{merge_id}/undo", tags=["users"], response_model=Envelope[Merge],
+             responses={409: {"model": ErrorBody, "description": "MERGE_ALREADY_UNDONE, "
+                              "MERGE_EXPIRED, MERGE_KEPT_USER_GONE or "
+                              "MERGE_IDENTIFIER_CHANGED"}})
 async def undo(request: Request, merge_id: str, rt: Rt, f: Admin,
                body: UndoBody | None = None) -> JSONResponse:
     """Undo a merge: the merged-away user is back with its id, identifiers and memory as

@@ -3,14 +3,16 @@ body/query)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import admin_access, identify, require_user, runtime
-from gateway.api.envelope import ApiError, Text, ok
+from gateway.api.deps import NAMES_USER, admin_access, identify, require_user, runtime
+from gateway.api.envelope import ApiError, Envelope, ErrorBody, Text, iso, ok
+from gateway.api.models import Deleted
 from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from memory.tasks import LEASE_SECONDS
@@ -26,7 +28,8 @@ class JobBody(BaseModel):
     type: Text = Field("one_time", max_length=20)
     schedule: Text = Field(min_length=1, max_length=200)
     message: Text = Field(min_length=1, max_length=5000)
-    user_id: Text | None = Field(None, max_length=512)
+    user_id: Text | None = Field(None, max_length=512, description=(
+        "whose job (a usr_… id or any identifier), instead of X-Muxi-User-ID"))
 
 
 class JobChange(BaseModel):
@@ -38,17 +41,57 @@ class JobChange(BaseModel):
     title: Text | None = Field(None, max_length=200)
 
 
+class Job(BaseModel):
+    id: str
+    type: str = Field(description="`one_time` or `recurring`")
+    schedule: str
+    message: str
+    title: str | None
+    user_id: str
+    next_run: datetime | None = Field(description="none while paused or once finished")
+    status: str = Field(description="`scheduled`, `paused`, `running`, `done`, `failed` "
+                                    "or `cancelled`")
+    paused: bool
+    last_run: datetime | None
+    created_at: datetime
+    attempts: int = Field(description="failed deliveries so far")
+    last_error: str | None
+    delivered_via: str | None = Field(description="where it was last delivered, e.g. "
+                                                  "`telegram:123`")
+
+
+class Jobs(BaseModel):
+    jobs: list[Job]
+    count: int
+
+
+class Retry(BaseModel):
+    first_delay_seconds: float
+    max_delay_seconds: float
+    max_attempts: int
+
+
+class SchedulerConfig(BaseModel):
+    running: bool = Field(description="false: this process fires nothing (e.g. API-only)")
+    interval_seconds: float
+    lease_seconds: float
+    retry: Retry
+    job_types: list[str]
+    schedule_formats: dict[str, list[str]]
+    jobs: dict[str, int] = Field(description="this formation's jobs in each state")
+
+
 def _job(t: Task) -> dict[str, Any]:
     # A paused job has no next run until it is resumed (its due time is kept meanwhile).
     return {"id": t.id, "type": t.kind, "schedule": t.schedule, "message": t.message,
             "title": t.title, "user_id": t.user_id,
-            "next_run": None if t.status == "paused" else t.next_run, "status": t.status,
-            "paused": t.status == "paused", "last_run": t.last_run,
-            "created_at": t.created_at, "attempts": t.attempts, "last_error": t.last_error,
-            "delivered_via": t.delivered_via}
+            "next_run": None if t.status == "paused" else iso(t.next_run), "status": t.status,
+            "paused": t.status == "paused", "last_run": iso(t.last_run),
+            "created_at": iso(t.created_at), "attempts": t.attempts,
+            "last_error": t.last_error, "delivered_via": t.delivered_via}
 
 
-@router.get("/scheduler", tags=["scheduler"])
+@router.get("/scheduler", tags=["scheduler"], response_model=Envelope[SchedulerConfig])
 async def scheduler_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     """How this gateway fires jobs, and how many jobs of this formation are in each state."""
     s = rt.scheduler
@@ -66,15 +109,20 @@ async def scheduler_config(request: Request, rt: Rt, f: Admin) -> JSONResponse:
     }, obj="scheduler", type_="scheduler.config")
 
 
-@router.get("/scheduler/jobs", tags=["scheduler"])
-async def jobs(request: Request, rt: Rt, f: Admin) -> JSONResponse:
-    user = await require_user(request, f, rt)
+@router.get("/scheduler/jobs", tags=["scheduler"], dependencies=[NAMES_USER],
+            response_model=Envelope[Jobs])
+async def jobs(request: Request, rt: Rt, f: Admin,
+               user_id: Annotated[str | None, Query(max_length=512, description=(
+                   "whose jobs, instead of X-Muxi-User-ID (the MUXI SDK sends it here)"))
+               ] = None) -> JSONResponse:
+    user = await require_user(request, f, rt, given=user_id)
     items = await rt.memory.tasks.list(user)
     return ok(request, {"jobs": [_job(t) for t in items], "count": len(items)},
               obj="jobs", type_="scheduler.jobs")
 
 
-@router.post("/scheduler/jobs", tags=["scheduler"], status_code=201)
+@router.post("/scheduler/jobs", tags=["scheduler"], status_code=201, dependencies=[NAMES_USER],
+             response_model=Envelope[Job])
 async def create_job(request: Request, body: JobBody, rt: Rt, f: Admin) -> JSONResponse:
     caller = await identify(request, f, rt, create=True, given=body.user_id)
     user = caller.user_id
@@ -85,15 +133,15 @@ async def create_job(request: Request, body: JobBody, rt: Rt, f: Admin) -> JSONR
     return ok(request, _job(task), obj="job", type_="scheduler.job.created", status=201)
 
 
-@router.get("/scheduler/jobs/{job_id}", tags=["scheduler"])
+@router.get("/scheduler/jobs/{job_id}", tags=["scheduler"], response_model=Envelope[Job])
 async def job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
     return ok(request, _job(await rt.memory.tasks.in_formation(f.id, job_id)), obj="job",
               type_="scheduler.job")
 
 
-@router.put("/scheduler/jobs/{job_id}", tags=["scheduler"], responses={
-    409: {"description": "The job is firing right now (JOB_RUNNING) or finished "
-                         "(JOB_NOT_ACTIVE)"}})
+@router.put("/scheduler/jobs/{job_id}", tags=["scheduler"], response_model=Envelope[Job],
+            responses={409: {"model": ErrorBody, "description": "The job is firing right now "
+                             "(JOB_RUNNING; Retry-After) or finished (JOB_NOT_ACTIVE)"}})
 async def update_job(request: Request, job_id: str, body: JobChange, rt: Rt,
                      f: Admin) -> JSONResponse:
     if body.schedule is None and body.message is None and body.title is None:
@@ -105,14 +153,16 @@ async def update_job(request: Request, job_id: str, body: JobChange, rt: Rt,
     return ok(request, _job(task), obj="job", type_="scheduler.job.updated")
 
 
-@router.post("/scheduler/jobs/{job_id}/pause", tags=["scheduler"])
+@router.post("/scheduler/jobs/{job_id}/pause", tags=["scheduler"],
+             response_model=Envelope[Job])
 async def pause_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
     """A paused job never fires; pausing it again changes nothing."""
     task = await rt.memory.tasks.pause(f.id, job_id)
     return ok(request, _job(task), obj="job", type_="scheduler.job.paused")
 
 
-@router.post("/scheduler/jobs/{job_id}/resume", tags=["scheduler"])
+@router.post("/scheduler/jobs/{job_id}/resume", tags=["scheduler"],
+             response_model=Envelope[Job])
 async def resume_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
     """It fires at its next due time: a recurring job skips the runs it missed; a one-time
     job whose time passed while paused fires at once."""
@@ -120,7 +170,8 @@ async def resume_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONRes
     return ok(request, _job(task), obj="job", type_="scheduler.job.resumed")
 
 
-@router.delete("/scheduler/jobs/{job_id}", tags=["scheduler"])
+@router.delete("/scheduler/jobs/{job_id}", tags=["scheduler"],
+               response_model=Envelope[Deleted])
 async def delete_job(request: Request, job_id: str, rt: Rt, f: Admin) -> JSONResponse:
     task = await rt.memory.tasks.in_formation(f.id, job_id)
     await rt.memory.tasks.cancel(task.user_id, job_id)

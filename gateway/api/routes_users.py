@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from gateway.api.deps import admin_access, runtime
-from gateway.api.envelope import ApiError, iso, ok
+from gateway.api.envelope import ApiError, Envelope, iso, ok
+from gateway.api.models import DatedIdentifier
 from gateway.runtime.formations import Formation
 from gateway.runtime.lifecycle import export_document
 from gateway.runtime.wiring import Runtime
@@ -19,6 +21,121 @@ from identity.types import LinkedIdentifier
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
 Admin = Annotated[Formation, Depends(admin_access)]
+
+
+class UserEntry(BaseModel):
+    user_id: str
+    created_at: datetime
+    identifiers: list[DatedIdentifier]
+
+
+class UserPage(BaseModel):
+    users: list[UserEntry]
+    count: int
+    next_cursor: str | None
+    has_more: bool
+
+
+class ExportedFact(BaseModel):
+    kind: str
+    key: str
+    value: str
+    updated_at: datetime
+    source: Any
+
+
+class ExportedMemory(BaseModel):
+    id: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+class ExportedSynopsis(BaseModel):
+    text: str
+    updated_at: datetime
+
+
+class ExportedWorkingItem(BaseModel):
+    id: str
+    channel: str
+    role: str
+    content: str
+    created_at: datetime
+
+
+class ExportedMessage(BaseModel):
+    seq: int
+    role: str
+    content: str
+    created_at: datetime
+
+
+class ExportedSession(BaseModel):
+    session_id: str
+    channel: str
+    conversation: str
+    context: dict[str, Any]
+    started_at: datetime
+    last_activity: datetime
+    messages: list[ExportedMessage]
+
+
+class ExportedTask(BaseModel):
+    id: str
+    kind: str
+    schedule: str
+    message: str
+    title: str | None
+    status: str
+    next_run: datetime | None
+    last_run: datetime | None
+    created_at: datetime
+    channel: str | None
+    conversation: str | None
+    attempts: int
+    last_error: str | None
+    delivered_via: str | None
+
+
+class ExportedCredential(BaseModel):
+    id: str
+    service: str
+    name: str
+    created_at: datetime
+
+
+class ExportedAudit(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    identifier: str | None
+    identifier_type: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class UserExport(BaseModel):
+    user_id: str
+    formation_id: str
+    exported_at: datetime
+    identifiers: list[DatedIdentifier]
+    facts: list[ExportedFact]
+    memories: list[ExportedMemory]
+    synopsis: ExportedSynopsis | None
+    working_memory: list[ExportedWorkingItem]
+    sessions: list[ExportedSession]
+    scheduled_tasks: list[ExportedTask]
+    credentials: list[ExportedCredential] = Field(description="metadata: never the secret")
+    audit: list[ExportedAudit]
+
+
+class Erasure(BaseModel):
+    user_id: str
+    erased: bool
+    user_ref: str = Field(description="what the erasure's audit record keeps of the user: a "
+                                      "one-way digest")
+    removed: dict[str, int]
 
 
 def _when(name: str, text: str | None) -> datetime | None:
@@ -38,7 +155,7 @@ def _identifier(i: LinkedIdentifier) -> dict[str, Any]:
             "created_at": iso(i.created_at.timestamp())}
 
 
-@router.get("/users", tags=["users"])
+@router.get("/users", tags=["users"], response_model=Envelope[UserPage])
 async def list_users(
         request: Request, rt: Rt, f: Admin,
         q: Annotated[str | None, Query(max_length=512, description=(
@@ -61,7 +178,7 @@ async def list_users(
               obj="list", type_="users.list")
 
 
-@router.get("/users/{user_id}/export", tags=["users"])
+@router.get("/users/{user_id}/export", tags=["users"], response_model=Envelope[UserExport])
 async def export_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONResponse:
     """Everything Threadline keeps about one user, as one JSON document: identifiers,
     facts, memories, sessions and messages, scheduled tasks, credential metadata (never
@@ -70,7 +187,7 @@ async def export_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONR
     return ok(request, document, obj="user_export", type_="users.export")
 
 
-@router.delete("/users/{user_id}", tags=["users"])
+@router.delete("/users/{user_id}", tags=["users"], response_model=Envelope[Erasure])
 async def erase_user(request: Request, user_id: str, rt: Rt, f: Admin) -> JSONResponse:
     """Erase one user everywhere: every identifier, all memory, sessions, tasks and
     credentials, cached entries included. What stays is one audit record of the erasure

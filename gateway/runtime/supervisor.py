@@ -20,6 +20,7 @@ import structlog
 from gateway.conversation.engine import describe
 from gateway.conversation.ports import Adapter, AdapterConfigError, Conversations
 from gateway.runtime.leases import Leases, LocalLeases, run_under
+from memory.lifecycle import iso
 
 __all__ = ["AdapterConfigError", "ChannelState", "Supervisor", "load_adapter"]
 
@@ -56,7 +57,7 @@ class ChannelState:
         self.status, self.detail, self.since = status, detail, time.time()
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "since": self.since}
+        out: dict[str, Any] = {"status": self.status, "since": iso(self.since)}
         if self.detail:
             out["detail"] = self.detail
         if self.last_error:
