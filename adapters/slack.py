@@ -181,6 +181,7 @@ class SlackAdapter:
         self._inflight = InFlight(CHANNEL)
         self._first_contact: dict[str, asyncio.Lock] = {}
         self._stopping = False
+        self._bot_user_id: str | None = None
 
     def __repr__(self) -> str:
         return f"SlackAdapter(mode={self.mode!r}, api_url={self.client.base_url!r})"
@@ -207,6 +208,17 @@ class SlackAdapter:
             readable = False
         if not readable:
             return JSONResponse({"error": "malformed request body"}, status_code=400)
+        # Into the inbox before Slack hears "200": if this process dies before answering,
+        # another replica answers it. No database, no acknowledgement: Slack retries.
+        message = inbound_from_event(bolt_request.body, bot_user_id=self._bot_user_id,
+                                     formation=self.formation)
+        if message is not None:
+            try:
+                await self.engine.accept(message)
+            except Exception as exc:  # noqa: BLE001 - anything: not kept, so not acknowledged
+                log.warning("event not kept; Slack will send it again", error=str(exc))
+                return JSONResponse({"error": "try again later"}, status_code=503,
+                                    headers={"Retry-After": "5"})
         return to_starlette_response(await self.app.async_dispatch(bolt_request))
 
     def _signed(self, raw: bytes, timestamp: str, signature: str) -> bool:
@@ -255,6 +267,7 @@ class SlackAdapter:
                 raise AdapterConfigError(
                     f"channels.slack.bot_token was rejected by Slack ({error})") from None
             raise
+        self._bot_user_id = answer.get("user_id")  # events that are our own are not answered
         if self.team_id is None:  # the workspace the token belongs to, unless configured
             self.team_id = answer.get("team_id")
         elif answer.get("team_id") != self.team_id:

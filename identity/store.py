@@ -44,8 +44,9 @@ MERGE_RETENTION = 30 * 86400.0  # seconds a merge can be undone, unless configur
 _ATTEMPTS = 5  # tries of a batch whose insert lost a race with a concurrent one
 _MERGE_ID = re.compile(r"^mrg_[A-Za-z0-9_-]{1,64}$")
 
-# (transaction, erased user): removes what a component keeps of the user; says how much.
-EraseHook = Callable[[Any, str], Awaitable[dict[str, int]]]
+# (transaction, erased user, their identifier keys): removes what a component keeps of the
+# user; says how much.
+EraseHook = Callable[[Any, str, list[str]], Awaitable[dict[str, int]]]
 # (transaction, kept user, merged-away user): moves the merged user's data to the kept one
 # and returns what it moved, by part name ({"memory": {...}}, JSON-ready) for the journal.
 MergeHook = Callable[[Any, str, str], Awaitable[Mapping[str, Any] | None]]
@@ -522,7 +523,7 @@ class IdentityStore:
                 "SELECT identifier FROM user_identifiers WHERE user_id = $1", row)]
             counts: dict[str, int] = {"identifiers": len(keys)}
             for hook in self.erase_hooks:
-                counts.update(await hook(tx, user_id))
+                counts.update(await hook(tx, user_id, keys))
             if keys:
                 await tx.execute(
                     "DELETE FROM link_attempts WHERE formation_id = $1"

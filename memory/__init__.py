@@ -53,10 +53,11 @@ class Memory:
         """An undo hook (`IdentityStore.on_unmerge`): put back what `merge_into` moved."""
         await merges.unmerge(self.users, tx, record)
 
-    async def erase_user(self, tx: Any, user_id: str) -> dict[str, int]:
+    async def erase_user(self, tx: Any, user_id: str, keys: list[str]) -> dict[str, int]:
         """An erase hook (`IdentityStore.on_erase`): inside the erasure's transaction,
         remove everything kept for the user; returns how much, by kind."""
-        counts = await lifecycle.erase_user(tx, user_id, dialect=self.users.db.dialect)
+        counts = await lifecycle.erase_user(tx, user_id, keys,
+                                            dialect=self.users.db.dialect)
         self.users.forget_vectors(user_id)
         return counts
 

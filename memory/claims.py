@@ -19,21 +19,35 @@ from memory.types import now
 
 CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
 
-# New, or a lease run out: a turn never stored ('processing') or a reply never said
-# ('answered'). One statement, so exactly one redelivery takes it over.
+# New, waiting in the inbox ('queued'), or a lease run out: a turn never stored
+# ('processing') or a reply never said ('answered'). One statement, so exactly one
+# redelivery takes it over. The message's payload stays with the claim.
 _CLAIM = (
     "INSERT INTO processed_messages"
-    " (formation_id, channel, message_id, created_at, status, claim_token)"
-    " VALUES ($1, $2, $3, $4, 'processing', $6)"
+    " (formation_id, channel, message_id, created_at, status, claim_token, payload)"
+    " VALUES ($1, $2, $3, $4, 'processing', $6, $7)"
     " ON CONFLICT (formation_id, channel, message_id) DO UPDATE"
-    " SET created_at = excluded.created_at, claim_token = excluded.claim_token"
-    " WHERE processed_messages.status IN ('processing', 'answered')"
-    " AND processed_messages.created_at < $5"
+    " SET created_at = excluded.created_at, claim_token = excluded.claim_token,"
+    " status = CASE WHEN processed_messages.status = 'queued' THEN 'processing'"
+    " ELSE processed_messages.status END,"
+    " payload = COALESCE(processed_messages.payload, excluded.payload)"
+    " WHERE processed_messages.status = 'queued' OR"
+    " (processed_messages.status IN ('processing', 'answered')"
+    " AND processed_messages.created_at < $5)"
     " RETURNING status, reply"
 )
-# Completing a claim: the token proves the lease is still ours (not taken over).
+# Into the inbox, before the platform is acknowledged; nothing when it is known already.
+_ACCEPT = (
+    "INSERT INTO processed_messages"
+    " (formation_id, channel, message_id, created_at, status, payload)"
+    " VALUES ($1, $2, $3, $4, 'queued', $5)"
+    " ON CONFLICT (formation_id, channel, message_id) DO NOTHING RETURNING message_id"
+)
+# Completing a claim: the token proves the lease is still ours (not taken over). A reply
+# said needs its message no more.
 COMPLETE = (
-    "UPDATE processed_messages SET status = $5, reply = $6"
+    "UPDATE processed_messages SET status = $5, reply = $6,"
+    " payload = CASE WHEN $5 = 'sent' THEN NULL ELSE payload END"
     " WHERE formation_id = $1 AND channel = $2 AND message_id = $3 AND claim_token = $4"
     " AND status = 'processing' RETURNING message_id"
 )
@@ -69,10 +83,32 @@ class Claims:
         self.db = db
         self.lease = lease
 
-    async def claim(self, key: MessageKey, *, lease: float | None = None) -> Claim:
+    async def accept(self, key: MessageKey, payload: dict[str, Any]) -> bool:
+        """Keep the message in the inbox before its platform is told it arrived; False when
+        it is known already (a redelivery)."""
+        args = (*key.args, now(), json.dumps(payload))
+        if self.db.dialect == "postgres":
+            return await self.db.fetchval(_ACCEPT, *args) is not None
+        async with self.db.transaction() as tx:
+            return await tx.fetchval(_ACCEPT, *args) is not None
+
+    async def due(self, *, grace: float, limit: int = 50) -> list[dict[str, Any]]:
+        """Payloads of messages no process is answering: queued for longer than `grace`
+        (whoever acknowledged them is gone), or whose lease ran out unsaid."""
+        at = now()
+        rows = await self.db.fetch(
+            "SELECT payload FROM processed_messages WHERE payload IS NOT NULL AND"
+            " ((status = 'queued' AND created_at < $1)"
+            " OR (status IN ('processing', 'answered') AND created_at < $2))"
+            " ORDER BY created_at LIMIT $3", at - grace, at - self.lease, limit)
+        return [json.loads(r[0]) for r in rows]
+
+    async def claim(self, key: MessageKey, *, lease: float | None = None,
+                    payload: dict[str, Any] | None = None) -> Claim:
         lease = self.lease if lease is None else lease
         at, token = now(), secrets.token_hex(8)
-        args = (*key.args, at, at - lease, token)
+        args = (*key.args, at, at - lease, token,
+                None if payload is None else json.dumps(payload))
         if self.db.dialect == "postgres":  # one statement commits on its own
             won = await self.db.fetchrow(_CLAIM, *args)
         else:
@@ -99,7 +135,7 @@ class Claims:
 
     async def mark_sent(self, key: MessageKey) -> None:
         await self.db.execute(
-            "UPDATE processed_messages SET status = 'sent'"
+            "UPDATE processed_messages SET status = 'sent', payload = NULL"
             " WHERE formation_id = $1 AND channel = $2 AND message_id = $3"
             " AND status = 'answered'", *key.args)
 

@@ -96,10 +96,11 @@ _ERASE = (
 )
 
 
-async def erase_user(tx: Any, user_id: str, *, dialect: str) -> dict[str, int]:
+async def erase_user(tx: Any, user_id: str, keys: list[str], *,
+                     dialect: str) -> dict[str, int]:
     """Inside the erasure's transaction. Claims of platform messages stay (so a redelivered
     message is never answered again), but lose the reply kept with them where it names
-    the user."""
+    the user, and the message kept in the inbox where it names one of their identifiers."""
     counts = {"messages": int(await tx.fetchval(
         "SELECT count(*) FROM session_messages WHERE session_id IN"
         " (SELECT id FROM sessions WHERE user_id = $1)", user_id) or 0)}
@@ -111,6 +112,14 @@ async def erase_user(tx: Any, user_id: str, *, dialect: str) -> dict[str, int]:
         "UPDATE processed_messages SET reply = NULL, status = 'sent'"
         f" WHERE reply IS NOT NULL AND {contains} RETURNING 1", user_id)
     counts["stored_replies"] = len(replies)
+    kept = 0
+    find = "strpos(lower(payload), lower($1)) > 0" if dialect == "postgres" else \
+        "instr(lower(payload), lower($1)) > 0"
+    for key in [user_id, *keys]:
+        kept += len(await tx.fetch(
+            "UPDATE processed_messages SET payload = NULL, status = 'sent'"
+            f" WHERE payload IS NOT NULL AND {find} RETURNING 1", key))
+    counts["inbox_messages"] = kept
     if dialect == "sqlite":  # rewrite the full-text index so deleted words leave it too
         await tx.execute("INSERT INTO memories_fts (memories_fts) VALUES ('optimize')")
     return counts

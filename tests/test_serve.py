@@ -154,6 +154,14 @@ def test_one_serve_per_sqlite_file_and_the_cli_beside_it_is_seen_at_once(tmp_pat
             proc.kill()
 
 
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
@@ -201,7 +209,29 @@ def test_serve_with_workers_shares_the_port_restarts_a_dead_worker_and_stops_cle
         assert _children(proc.pid) == set()
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()  # its workers end with it (they ask the kernel for that)
+
+
+def test_workers_end_when_their_parent_is_killed_outright(tmp_path, postgres_url):
+    env = _env(tmp_path, THREADLINE_DATABASE_URL=postgres_url)
+    proc = subprocess.Popen([THREADLINE, "serve", "--port", "0", "--workers", "2"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 60
+        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        workers = _children(proc.pid)
+        assert len(workers) == 2, seen
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers served on as orphans"
+        time.sleep(0.1)
 
 
 def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path):
@@ -282,7 +312,7 @@ async def test_slow_clients_are_closed_after_the_header_timeout_while_others_are
         tmp_path):
     served = Served(tmp_path, THREADLINE_HEADER_TIMEOUT="1")
     try:  # 300 clients, 20 of them after a first request on the same connection
-        slow = [asyncio.create_task(_slowloris(served.port, 0.2, give_up=8, kept_alive=i < 20))
+        slow = [asyncio.create_task(_slowloris(served.port, 0.2, give_up=20, kept_alive=i < 20))
                 for i in range(300)]
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=served.url) as http:
@@ -292,7 +322,9 @@ async def test_slow_clients_are_closed_after_the_header_timeout_while_others_are
     finally:
         served.stop()
     after = sorted(seconds for seconds, _ in closed)
-    assert after[-1] < 3.0, after[-5:]  # 1 s, and a little for 300 connections at once
+    # 1 s, and time for 300 connections at once on a busy two-core machine; without the
+    # timeout they stay open until the clients give up.
+    assert after[-1] < 8.0, after[-5:]
     assert after[0] >= 0.5  # not before the timeout (the client may see it a little late)
     assert all(said.startswith(b"HTTP/1.1 408 ") for _, said in closed)
     assert _metric(metrics, "threadline_http_header_timeouts_total") == 300

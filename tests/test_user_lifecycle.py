@@ -58,6 +58,11 @@ async def test_export_then_erase_leaves_no_row_mentioning_the_user(server):
         stored = await http.post("/credentials", headers=as_user(email), json={
             "service": "github", "name": "work", "credential": {"token": f"ghp_{tag}SECRET"}})
         assert stored.status_code == 201, stored.text
+        # A Slack message kept in the inbox, not answered yet, names them too.
+        from gateway.conversation.messages import InboundMessage
+        assert await runtime.engine.accept(InboundMessage(
+            channel="slack", identifier=(slack, "slack"), conversation="D1",
+            text="is my cat Quorra fed?", message_id=f"Ev{tag}"))
         other = (await http.post("/chat", json={"message": "my budget is $12"},
                                  headers=as_user(f"olga-{tag}@acme.com"))).json()["data"]
 
@@ -85,6 +90,7 @@ async def test_export_then_erase_leaves_no_row_mentioning_the_user(server):
         result = erased.json()["data"]
         assert result["removed"]["identifiers"] == 3 and result["removed"]["memories"] == 2
         assert result["removed"]["merge_journal_entries"] == 1
+        assert result["removed"]["inbox_messages"] == 1
         assert result["user_ref"] == "sha256:" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
         left = [(table, m) for table, text in await every_row(runtime) for m in mentions

@@ -18,7 +18,7 @@ import structlog
 
 from config.errors import ThreadlineError
 from gateway.conversation.commands import is_command, run_command
-from gateway.conversation.messages import InboundMessage, Reply
+from gateway.conversation.messages import InboundMessage, Reply, to_payload
 from gateway.conversation.ports import Send
 from gateway.conversation.request_ids import (
     bound_request_id,
@@ -126,7 +126,7 @@ class Engine:
                if message.message_id is not None else None)
         token: str | None = None
         if key is not None:
-            claim = await self.memory.claims.claim(key)
+            claim = await self.memory.claims.claim(key, payload=to_payload(message))
             if claim.state == "busy":
                 log.info("message is being answered already", channel=message.channel)
                 turn.outcome = "duplicate"
@@ -155,6 +155,13 @@ class Engine:
                 await asyncio.shield(self.memory.claims.release(key, token))
             raise
         return await self._say(key, reply, send)
+
+    async def accept(self, message: InboundMessage) -> bool:
+        if message.message_id is None:
+            return True  # nothing to deduplicate by: answered as it comes
+        key = MessageKey(message.formation or self.formation, message.channel,
+                         message.message_id)
+        return await self.memory.claims.accept(key, to_payload(message))
 
     async def owner(self, identifier: Any, *, formation: str | None = None) -> str | None:
         return await self.identity.resolve(formation or self.formation, identifier,

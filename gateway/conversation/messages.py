@@ -56,6 +56,31 @@ class Reply:
     private: Private | None = None
 
 
+def to_payload(message: InboundMessage) -> dict[str, Any]:
+    """The message as JSON-ready data for the inbox (extras that are not plain data are
+    left out: a message answered from the inbox is said through the channel's delivery)."""
+    identifier = message.identifier
+    if isinstance(identifier, tuple):
+        identifier = list(identifier)
+    return {"channel": message.channel, "identifier": identifier,
+            "conversation": message.conversation, "text": message.text,
+            "message_id": message.message_id, "formation": message.formation,
+            "extras": {k: v for k, v in message.extras.items()
+                       if isinstance(v, str | int | float | bool | type(None))},
+            "user_id": message.user_id, "shared": message.shared}
+
+
+def from_payload(data: Mapping[str, Any]) -> InboundMessage:
+    identifier = data["identifier"]
+    if isinstance(identifier, list):
+        identifier = tuple(identifier)
+    return InboundMessage(channel=data["channel"], identifier=identifier,
+                          conversation=data["conversation"], text=data["text"],
+                          message_id=data.get("message_id"), formation=data.get("formation"),
+                          extras=data.get("extras") or {}, user_id=data.get("user_id"),
+                          shared=bool(data.get("shared")))
+
+
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
     """Something the gateway says without being asked (a reminder) to a conversation."""

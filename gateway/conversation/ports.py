@@ -43,6 +43,10 @@ class Conversations(Protocol):
         piece of it as the model writes, where it streams); None when it is a redelivery
         of a message already answered (or being answered elsewhere)."""
 
+    async def accept(self, message: InboundMessage) -> bool:
+        """Keep the message in the inbox before the platform is acknowledged, so that any
+        replica answers it if this process dies first; False when it is known already."""
+
     async def owner(self, identifier: Any, *, formation: str | None = None) -> str | None:
         """The user an identifier belongs to, or None; never creates one."""
 

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from config.settings import Settings
 from gateway.api.app import create_app
+from gateway.conversation.inbox import InboxWorker
 from gateway.runtime.connections import fit_descriptors, guarded
 from gateway.runtime.formations import Formation, load_formations
 from gateway.runtime.leases import run_under
@@ -148,10 +149,14 @@ async def serve(settings: Settings, host: str, port: int, console: Console, *,
         scheduler = asyncio.create_task(
             run_under(runtime.leases, "scheduler", runtime.scheduler.run), name="scheduler")
         embedding = asyncio.create_task(embed_missing(runtime), name="embed-missing")
+        # Every replica answers what a dead one acknowledged but never answered.
+        inbox_worker = InboxWorker(runtime.engine, runtime.channels)
+        inbox = asyncio.create_task(inbox_worker.run(), name="inbox")
         try:
             yield
         finally:
             embedding.cancel()
+            inbox_worker.stop()
             log.info("shutting down: draining channels")
             await gateway.supervisor.stop()
             runtime.scheduler.stop()  # a running scheduler finishes its round; one on
@@ -159,6 +164,8 @@ async def serve(settings: Settings, host: str, port: int, console: Console, *,
             scheduler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduler
+            await asyncio.wait({inbox}, timeout=15)
+            inbox.cancel()
             await runtime.close()
             log.info("stopped")
 

@@ -26,6 +26,20 @@ log = structlog.get_logger("threadline.server")
 RESTART_PAUSE = 2.0  # seconds between restarts of a worker that died
 
 
+def _end_with_parent() -> None:
+    """A worker whose parent is killed outright gets SIGTERM (Linux), instead of serving on
+    as an orphan nobody supervises."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still reaches it
+        return
+    if os.getppid() == 1:  # the parent died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -57,6 +71,7 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
         if pid == 0:  # the worker: default signal handling, its own event loop
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _end_with_parent()
             code = 0
             try:
                 asyncio.run(run(settings, host, port, console, sockets=[sock],  # type: ignore[arg-type]

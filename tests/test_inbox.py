@@ -1,0 +1,65 @@
+"""The durable inbox: a Slack event is kept before Slack hears 200, so when the replica that
+acknowledged it dies before answering, another replica answers it, once."""
+
+import asyncio
+
+from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.engine import Engine
+from gateway.conversation.inbox import InboxWorker
+from gateway.conversation.messages import InboundMessage
+from gateway.conversation.responders.offline import OfflineResponder
+from memory.claims import MessageKey
+from tests.test_slack import fixture, peer, running  # noqa: F401  (peer is a fixture)
+
+
+async def test_an_acknowledged_event_whose_replica_died_is_answered_by_another_once(
+        engine, peer):  # noqa: F811
+    async with running(engine, peer) as dying:
+        await asyncio.sleep(0.2)  # its auth.test has told it who the bot is
+
+        async def died(*_args, **_kwargs) -> None:  # acknowledged, then the process was gone
+            return None
+
+        dying.adapter._answer = died
+        answer = await dying.send(fixture("message_im", event_id="Ev0INBOX0001"))
+        assert answer.status_code == 200  # Slack was told "200": it will not send it again
+    assert peer.posted == []  # nobody answered
+
+    # Another replica: its own engine and Slack channel on the same database.
+    other = Engine(engine.identity, engine.memory, OfflineResponder(),
+                   formation=engine.formation)
+    async with running(other, peer) as alive:
+        channels = ChannelRegistry()
+        channels.add(alive.adapter)
+        worker = InboxWorker(other, channels, grace=0.0)
+        assert await worker.run_once() == 1
+        [posted] = await peer.wait_posted(1)
+        assert posted["channel"] == "D0123DMCH" and "$5,000" in posted["text"]
+        assert await worker.run_once() == 0  # answered once
+        # Slack sending it again after all: still no second answer.
+        assert (await alive.send(fixture("message_im", event_id="Ev0INBOX0001"))
+                ).status_code == 200
+        await asyncio.sleep(0.5)
+        assert len(peer.posted) == 1
+
+
+async def test_a_kept_message_waits_out_its_grace_and_is_cleared_once_said(engine):
+    claims = engine.memory.claims
+    message = InboundMessage(channel="web", identifier="inbox@x.co", conversation="c1",
+                             text="my budget is $9", message_id="m-1")
+    assert await engine.accept(message) is True
+    assert await engine.accept(message) is False  # a redelivery is known
+    assert await claims.due(grace=60) == []  # its own replica is still on it
+    [waiting] = await claims.due(grace=0)
+    assert waiting["text"] == "my budget is $9" and waiting["identifier"] == "inbox@x.co"
+    said = []
+
+    async def send(reply) -> None:
+        said.append(reply.text)
+
+    assert await engine.handle(message, send) is not None
+    assert said and await claims.due(grace=0) == []
+    stored = await claims.db.fetchval(
+        "SELECT payload FROM processed_messages WHERE formation_id = $1 AND message_id = $2",
+        *MessageKey(engine.formation, "web", "m-1").args[::2])
+    assert stored is None  # said: the message is kept no longer
