@@ -209,6 +209,17 @@ class TelegramAdapter:
             update = None
         if update is None:
             return Response(status_code=400)
+        # Into the inbox before Telegram hears "200": if this process dies before answering,
+        # another replica answers it. No database, no acknowledgement: Telegram retries.
+        bot = application.bot
+        message = inbound_from_update(data, bot_id=bot.id, bot_username=bot.username,
+                                      formation=self.formation)
+        if message is not None:
+            try:
+                await self.engine.accept(message)
+            except Exception as exc:  # noqa: BLE001 - anything: not kept, so not acknowledged
+                log.warning("update not kept; Telegram will send it again", error=str(exc))
+                return Response(status_code=503)
         await application.update_queue.put(update)
         return Response(status_code=200)
 

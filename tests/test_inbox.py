@@ -63,3 +63,41 @@ async def test_a_kept_message_waits_out_its_grace_and_is_cleared_once_said(engin
         "SELECT payload FROM processed_messages WHERE formation_id = $1 AND message_id = $2",
         *MessageKey(engine.formation, "web", "m-1").args[::2])
     assert stored is None  # said: the message is kept no longer
+
+
+async def test_a_telegram_webhook_update_acknowledged_by_a_dead_replica_is_answered_once(
+        engine):
+    import adapters.telegram as module
+    from tests.peers.telegram import TOKEN, TelegramPeer
+    from tests.test_telegram import post_update, private, webhook
+
+    telegram = TelegramPeer()
+    await telegram.start()
+    try:
+        async with webhook(engine, telegram) as url:
+            async def died(*_args, **_kwargs) -> None:  # acknowledged, then the process was gone
+                return None
+
+            original = module.TelegramAdapter._answer
+            module.TelegramAdapter._answer = died
+            try:
+                answer = await post_update(url, private("my budget is $5,000", 501))
+                assert answer.status_code == 200
+                await asyncio.sleep(0.3)
+            finally:
+                module.TelegramAdapter._answer = original
+        assert telegram.sent == []
+
+        other = Engine(engine.identity, engine.memory, OfflineResponder(),
+                       formation=engine.formation)
+        async with webhook(other, telegram):
+            channels = ChannelRegistry()
+            adapter = module.create({"token": TOKEN, "api_url": telegram.url}, other)
+            channels.add(adapter)
+            worker = InboxWorker(other, channels, grace=0.0)
+            assert await worker.run_once() == 1
+            [said] = await telegram.wait_sent(1)
+            assert "$5,000" in said["text"] and str(said["chat_id"]) == "4242"
+            assert await worker.run_once() == 0
+    finally:
+        await telegram.stop()
