@@ -13,7 +13,7 @@ PORT |= set(Conversations.__annotations__)
 
 
 def test_the_port_is_small():
-    assert sorted(PORT) == ["formation", "handle", "link_by_email", "owner"]
+    assert sorted(PORT) == ["accept", "formation", "handle", "link_by_email", "owner"]
 
 
 def test_adapters_use_only_the_port():

@@ -84,8 +84,17 @@ def test_a_reminder_set_in_threadline_chat_arrives_there_once(tmp_path):
         assert chat.stdin is not None
         chat.stdin.write("remind me in 2 seconds to stretch\n")
         chat.stdin.flush()
-        time.sleep(5)  # the reminder fires while the chat is open, and only once
+        # The reminder fires while the chat is open (waited for: a busy machine is slow),
+        # and only once (nothing more in the seconds after).
+        seen, deadline = "", time.monotonic() + 60
+        while "Reminder: stretch" not in seen and time.monotonic() < deadline:
+            line = chat.stdout.readline()
+            if not line:
+                break
+            seen += line
+        time.sleep(3)
         out, err = chat.communicate("", timeout=30)
+        out = seen + out
     finally:
         chat.kill()
     assert chat.returncode == 0, err
