@@ -213,6 +213,6 @@ def test_the_cli_lists_exports_and_erases_with_confirmation(tmp_path):
     assert run("users", "resolve", "ada@x.co").stdout.strip() == user  # still there
     erased = run("users", "erase", "ada@x.co", "--yes")
     assert erased.returncode == 0 and f"erased {user}" in erased.stdout
-    assert "2 identifiers" in erased.stdout
+    assert "identifiers: 2" in erased.stdout
     assert run("users", "resolve", "ada@x.co").returncode == 1
     assert run("users", "show", user).returncode == 1

@@ -127,7 +127,7 @@ def users_erase(
                 err.print("nothing erased")
                 raise typer.Exit(1)
         erased = await rt.identity.erase(fid, user_id, actor="cli")
-        removed = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in erased.counts.items()
+        removed = ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in erased.counts.items()
                             if n)
         out.print(f"erased {user_id}: {removed or 'nothing else kept'}")
 
