@@ -216,3 +216,8 @@ def test_the_cli_lists_exports_and_erases_with_confirmation(tmp_path):
     assert "identifiers: 2" in erased.stdout
     assert run("users", "resolve", "ada@x.co").returncode == 1
     assert run("users", "show", user).returncode == 1
+    logged = json.loads(run("audit", "--json").stdout)
+    assert [e["action"] for e in logged][:2] == ["erase", "export"]
+    assert logged[0]["actor"] == "cli" and logged[0]["user_id"] is None
+    assert "ada@x.co" not in json.dumps(logged)  # blanked by the erasure
+    assert "erase" in run("audit", "--limit", "3").stdout

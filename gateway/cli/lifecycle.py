@@ -11,9 +11,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gateway.cli.main import FormationOption, _formation, _parse_identifier, _run, err, out, users
+from gateway.cli.main import (
+    FormationOption,
+    _formation,
+    _parse_identifier,
+    _run,
+    app,
+    err,
+    out,
+    users,
+)
 from gateway.runtime.lifecycle import export_document
 from gateway.runtime.wiring import Runtime
+from identity.audit import AuditLog
 from identity.directory import UserDirectory
 from identity.types import InvalidIdentifierError
 
@@ -130,5 +140,42 @@ def users_erase(
         removed = ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in erased.counts.items()
                             if n)
         out.print(f"erased {user_id}: {removed or 'nothing else kept'}")
+
+    _run(work)
+
+
+@app.command("audit")
+def audit_log(
+    user: str = typer.Option(None, "--user", "-u", help="Records about this user (usr_…)."),
+    identifier: str = typer.Option(None, "--identifier", "-i",
+                                   help="Records about this identifier."),
+    since: str = typer.Option(None, help="At or after (ISO 8601)."),
+    until: str = typer.Option(None, help="Before (ISO 8601)."),
+    limit: int = typer.Option(50, min=1, max=10_000, help="Records to show, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+    formation: str = FormationOption,
+):
+    """Who linked, unlinked, merged, exported or erased whom, and when (newest first)."""
+
+    async def work(rt: Runtime) -> None:
+        fid = _formation(rt, formation)
+        key = rt.identity.parse(_parse_identifier(identifier)).key if identifier else None
+        start, end = _time("since", since), _time("until", until)
+        entries = await AuditLog(rt.db).entries(
+            fid, user_id=user, identifier_key=key, limit=limit,
+            since=start.timestamp() if start else None, until=end.timestamp() if end else None)
+        if as_json:
+            out.print_json(data=[{
+                "at": datetime.fromtimestamp(e.at, UTC).isoformat(), "actor": e.actor,
+                "action": e.action, "user_id": e.user_id, "identifier": e.identifier,
+                "before": e.before, "after": e.after} for e in entries])
+            return
+        table = Table()
+        for column in ("at (UTC)", "actor", "action", "user", "identifier"):
+            table.add_column(column)
+        for e in entries:
+            table.add_row(datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                          e.actor, e.action, e.user_id or "-", e.identifier or "-")
+        out.print(table)
 
     _run(work)
