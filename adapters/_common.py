@@ -12,9 +12,25 @@ from typing import Any
 
 import structlog
 
-from gateway.conversation.ports import AdapterConfigError
+from gateway.conversation.messages import InboundMessage
+from gateway.conversation.ports import AdapterConfigError, Conversations
 
 log = structlog.get_logger("threadline.channels")
+
+
+async def kept(engine: Conversations, message: InboundMessage | None, channel: str) -> bool:
+    """Put a platform message into the inbox before the platform is acknowledged, so that
+    another replica answers it if this process dies first. False when it could not be kept:
+    then the platform must not be acknowledged (it sends the message again)."""
+    if message is None:
+        return True
+    try:
+        await engine.accept(message)
+    except Exception as exc:  # noqa: BLE001 - anything: not kept, so not acknowledged
+        log.warning("message not kept; the platform will send it again", channel=channel,
+                    error=str(exc))
+        return False
+    return True
 
 
 def setting(config: Mapping[str, Any], channel: str, key: str, default: str | None = None,

@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters._common import GrowingReply, InFlight, choice, number, setting, split_text
+from adapters._common import GrowingReply, InFlight, choice, kept, number, setting, split_text
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
@@ -212,13 +212,9 @@ class SlackAdapter:
         # another replica answers it. No database, no acknowledgement: Slack retries.
         message = inbound_from_event(bolt_request.body, bot_user_id=self._bot_user_id,
                                      formation=self.formation)
-        if message is not None:
-            try:
-                await self.engine.accept(message)
-            except Exception as exc:  # noqa: BLE001 - anything: not kept, so not acknowledged
-                log.warning("event not kept; Slack will send it again", error=str(exc))
-                return JSONResponse({"error": "try again later"}, status_code=503,
-                                    headers={"Retry-After": "5"})
+        if not await kept(self.engine, message, CHANNEL):
+            return JSONResponse({"error": "try again later"}, status_code=503,
+                                headers={"Retry-After": "5"})
         return to_starlette_response(await self.app.async_dispatch(bolt_request))
 
     def _signed(self, raw: bytes, timestamp: str, signature: str) -> bool:

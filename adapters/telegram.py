@@ -35,7 +35,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
-from adapters._common import GrowingReply, InFlight, choice, number, setting, split_text
+from adapters._common import GrowingReply, InFlight, choice, kept, number, setting, split_text
 from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.ports import QUIET, AdapterConfigError, Conversations, Ready
 
@@ -214,12 +214,8 @@ class TelegramAdapter:
         bot = application.bot
         message = inbound_from_update(data, bot_id=bot.id, bot_username=bot.username,
                                       formation=self.formation)
-        if message is not None:
-            try:
-                await self.engine.accept(message)
-            except Exception as exc:  # noqa: BLE001 - anything: not kept, so not acknowledged
-                log.warning("update not kept; Telegram will send it again", error=str(exc))
-                return Response(status_code=503)
+        if not await kept(self.engine, message, CHANNEL):
+            return Response(status_code=503)
         await application.update_queue.put(update)
         return Response(status_code=200)
 

@@ -14,6 +14,18 @@ import httpx
 THREADLINE = str(Path(sys.executable).parent / "threadline")
 
 
+def _read_until(stream, marker: str, seconds: float) -> str:
+    """What a process wrote until `marker` (its start-up summary ends "Press Ctrl+C"), or
+    until it stopped writing or `seconds` passed."""
+    seen, deadline = "", time.monotonic() + seconds
+    while marker not in seen and time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen += line
+    return seen
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
     env.update({"THREADLINE_DATA_DIR": str(tmp_path / "data"), "THREADLINE_LOG_FORMAT": "json"})
@@ -25,12 +37,7 @@ def test_serve_starts_with_no_configuration_answers_and_stops_on_sigterm(tmp_pat
     proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path,
                             env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
     try:
-        seen, deadline = "", time.monotonic() + 30
-        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(proc.stderr, "Press Ctrl+C", 30)
         match = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen)
         assert match, seen
         assert "sqlite" in seen and "X-Muxi-Client-Key: tlc_" in seen
@@ -86,12 +93,7 @@ def test_a_reminder_set_in_threadline_chat_arrives_there_once(tmp_path):
         chat.stdin.flush()
         # The reminder fires while the chat is open (waited for: a busy machine is slow),
         # and only once (nothing more in the seconds after).
-        seen, deadline = "", time.monotonic() + 60
-        while "Reminder: stretch" not in seen and time.monotonic() < deadline:
-            line = chat.stdout.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(chat.stdout, "Reminder: stretch", 60)
         time.sleep(3)
         out, err = chat.communicate("", timeout=30)
         out = seen + out
@@ -125,12 +127,7 @@ def test_one_serve_per_sqlite_file_and_the_cli_beside_it_is_seen_at_once(tmp_pat
     proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
-        seen, deadline = "", time.monotonic() + 30
-        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(proc.stderr, "Press Ctrl+C", 30)
         base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
         admin = {"X-Muxi-Admin-Key": re.search(r"X-Muxi-Admin-Key: +(\S+)", seen).group(1)}
 
@@ -192,12 +189,7 @@ def test_serve_with_workers_shares_the_port_restarts_a_dead_worker_and_stops_cle
     proc = subprocess.Popen([THREADLINE, "serve", "--port", "0", "--workers", "2"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        seen, deadline = "", time.monotonic() + 60
-        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(proc.stderr, "Press Ctrl+C", 60)
         assert "workers    2 processes" in seen, seen
         base = re.search(r"is up on (http://127\.0\.0\.1:\d+)", seen).group(1)
         workers = _children(proc.pid)
@@ -226,12 +218,7 @@ def test_workers_end_when_their_parent_is_killed_outright(tmp_path, postgres_url
     proc = subprocess.Popen([THREADLINE, "serve", "--port", "0", "--workers", "2"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        seen, deadline = "", time.monotonic() + 60
-        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(proc.stderr, "Press Ctrl+C", 60)
         workers = _children(proc.pid)
         assert len(workers) == 2, seen
     finally:
@@ -259,12 +246,7 @@ class Served:
         self.proc = subprocess.Popen([THREADLINE, "serve", "--port", "0"], cwd=tmp_path,
                                      env=_env(tmp_path, **settings), stderr=subprocess.PIPE,
                                      text=True)
-        seen, deadline = "", time.monotonic() + 30
-        while "Press Ctrl+C" not in seen and time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            seen += line
+        seen = _read_until(self.proc.stderr, "Press Ctrl+C", 30)
         match = re.search(r"is up on http://127\.0\.0\.1:(\d+)", seen)
         assert match, seen
         self.port = int(match.group(1))

@@ -59,15 +59,25 @@ class Reply:
 def to_payload(message: InboundMessage) -> dict[str, Any]:
     """The message as JSON-ready data for the inbox (extras that are not plain data are
     left out: a message answered from the inbox is said through the channel's delivery)."""
-    identifier = message.identifier
-    if isinstance(identifier, tuple):
-        identifier = list(identifier)
-    return {"channel": message.channel, "identifier": identifier,
+    return {"channel": message.channel, "identifier": _plain(message.identifier),
             "conversation": message.conversation, "text": message.text,
             "message_id": message.message_id, "formation": message.formation,
             "extras": {k: v for k, v in message.extras.items()
                        if isinstance(v, str | int | float | bool | type(None))},
             "user_id": message.user_id, "shared": message.shared}
+
+
+def _plain(identifier: Any) -> Any:
+    """An identifier as JSON: a value, a (value, type) pair, or a parsed identifier's one
+    text form. A secret one (an api key) is never kept; the message's user_id stands for
+    it (only the API sends those, and it resolves the user first)."""
+    if identifier is None or isinstance(identifier, str | int):
+        return identifier
+    if isinstance(identifier, tuple | list):
+        return [v if isinstance(v, str | int) or v is None else str(v) for v in identifier]
+    if getattr(identifier, "secret", False):
+        return None
+    return str(getattr(identifier, "text", identifier))
 
 
 def from_payload(data: Mapping[str, Any]) -> InboundMessage:
