@@ -3,6 +3,7 @@ step of the turn, for the crash tests.
 
 usage: turn_worker.py DB_URL FORMATION MESSAGE_ID TEXT OUTBOX CRASH_AT
   CRASH_AT: none | after_claim | after_model | after_commit | before_send
+            | inbox (no message comes: this process's inbox worker answers what waits)
 The reply is "said" by appending it as one JSON line to OUTBOX (the platform's side).
 """
 
@@ -13,8 +14,10 @@ import signal
 import sys
 
 import memory
+from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.engine import Engine
-from gateway.conversation.messages import InboundMessage, Reply
+from gateway.conversation.inbox import InboxWorker
+from gateway.conversation.messages import InboundMessage, OutboundMessage, Reply
 from gateway.conversation.responders.offline import OfflineResponder
 from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
@@ -66,10 +69,28 @@ async def main(db_url: str, formation: str, message_id: str, text: str, outbox: 
         await asyncio.to_thread(_append, outbox, line)
 
     try:
-        await engine.handle(InboundMessage("test", "crash@x.co", "main", text,
-                                           message_id=message_id), send)
+        if crash_at == "inbox":
+            channels = ChannelRegistry()
+            channels.add(Outbox(outbox))
+            await InboxWorker(engine, channels, grace=0.0).run_once()
+        else:
+            await engine.handle(InboundMessage("test", "crash@x.co", "main", text,
+                                               message_id=message_id), send)
     finally:
         await db.close()
+
+
+class Outbox:
+    """The platform's side of channel "test", as a channel delivers to it."""
+
+    name = "test"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def deliver(self, message: OutboundMessage) -> None:
+        line = json.dumps({"text": message.text, "via": "inbox"}) + "\n"
+        await asyncio.to_thread(_append, self.path, line)
 
 
 if __name__ == "__main__":
