@@ -149,6 +149,27 @@ async def _all_accepting(pids: list[int], port: int) -> None:
         await asyncio.sleep(0.1)
 
 
+def _connections(pids: list[int], port: int) -> list[int]:
+    """How many established connections to `port` each process holds. `serve --workers`
+    shares one listening socket, so which worker accepts a connection is a race; a
+    kept-alive connection then stays with that worker for the whole run."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return [0] * len(pids)
+    inodes = {f"socket:[{fields[9]}]" for fields in map(str.split, lines)
+              if fields[1].endswith(f":{port:04X}") and fields[3] == "01"}  # 01: ESTABLISHED
+    counts = []
+    for pid in pids:
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd) in inodes
+        counts.append(held)
+    return counts
+
+
 @contextlib.asynccontextmanager
 async def server(data_dir: Path, database_url: str | None, cache_url: str | None,
                  workers: int, formation: str) -> AsyncIterator[Server]:
@@ -318,13 +339,20 @@ def _cpu_now(pids: list[int]) -> dict[str, Any]:
             "stolen_cpu": steal / _HZ}
 
 
-async def with_cpu(pids: list[int], phase: Awaitable[Result]) -> Result:
+async def with_cpu(pids: list[int], phase: Awaitable[Result], port: int = 0) -> Result:
     """Run one phase and add the cores each side used, in cores (CPU seconds per second).
     Each worker runs one event loop: a worker near 1.00 is the bottleneck; a machine near
     its core count leaves nobody room (client, server and database share it); steal makes
-    a run slower for no reason of its own."""
+    a run slower for no reason of its own. With `port`, also the connections each worker
+    holds a second into the phase."""
     before, started = _cpu_now(pids), time.perf_counter()
-    result = await phase
+    running = asyncio.ensure_future(phase)
+    spread = [0] * len(pids)
+    if port:
+        await asyncio.wait({running}, timeout=1.0)
+        spread = _connections(pids, port)
+    result = await running
+    result["connections"] = spread
     wall, after = time.perf_counter() - started, _cpu_now(pids)
     for key, value in after.items():
         if key == "worker_cpu":
@@ -342,22 +370,25 @@ async def idle_machine(seconds: float = 2.0) -> Result:
 
 async def measure(wrk: str, srv: Server, args: argparse.Namespace) -> dict[str, Result]:
     label = f"{len(srv.pids)} worker{'s' if len(srv.pids) > 1 else ''}"
+    port = int(srv.base.rsplit(":", 1)[1])
     results = {"before": await idle_machine()}
+    # First contact creates each user; keep that out of the timed part. The connections
+    # close after, so that the workers hold only the measured ones.
     async with http_clients(srv.base, args.connections) as idle:
         chat = chat_sender(idle, args.idempotency_keys)
-        # First contact creates each user; keep that out of the timed part.
         await asyncio.gather(*(chat(i) for i in range(len(USERS))))
-        await run_wrk(wrk, srv.base, "chat", WARMUP_SECONDS, args)
-        await run_wrk(wrk, srv.base, "trivial", WARMUP_SECONDS / 2, args)
-        _log(f"  {label}: wrk, {args.connections} connections, {args.seconds:g} s each")
-        results["chat"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "chat",
-                                                           args.seconds, args))
-        results["trivial"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "trivial",
-                                                              args.seconds, args))
-        _log(f"  {label}: open loop (Python), {OPEN_RATE} chat requests/s for "
-             f"{args.seconds:g} s")
-        results["open"] = await with_cpu(srv.pids, open_loop(chat, OPEN_RATE,
-                                                             int(OPEN_RATE * args.seconds)))
+    await run_wrk(wrk, srv.base, "chat", WARMUP_SECONDS, args)
+    await run_wrk(wrk, srv.base, "trivial", WARMUP_SECONDS / 2, args)
+    _log(f"  {label}: wrk, {args.connections} connections, {args.seconds:g} s each")
+    results["chat"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "chat", args.seconds,
+                                                       args), port)
+    results["trivial"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "trivial",
+                                                          args.seconds, args), port)
+    _log(f"  {label}: open loop (Python), {OPEN_RATE} chat requests/s for {args.seconds:g} s")
+    async with http_clients(srv.base, args.connections) as idle:
+        chat = chat_sender(idle, args.idempotency_keys)
+        results["open"] = await with_cpu(
+            srv.pids, open_loop(chat, OPEN_RATE, int(OPEN_RATE * args.seconds)), port)
     return results
 
 
@@ -406,17 +437,30 @@ def table(results: dict[str, dict[str, Result]], met: dict[str, bool]) -> None:
     for name, ok in met.items():
         print(f"  {'met   ' if ok else 'MISSED'} {name}")
     print(f"CPU in cores: server (per worker) / wrk / this process / whole machine "
-          f"({os.cpu_count()} cores), and steal")
+          f"({os.cpu_count()} cores), and steal; connections each worker held")
     for label, r in results.items():
         for phase in PHASES:
             p = r[phase]
             each = "+".join(f"{w:.2f}" for w in p["worker_cpu"])
+            held = "+".join(str(n) for n in p["connections"])
             print(f"  {label:<13}{phase:<8}{p['server_cpu']:.2f} ({each}) / {p['wrk_cpu']:.2f}"
-                  f" / {p['client_cpu']:.2f} / {p['machine_cpu']:.2f} ({p['stolen_cpu']:.2f})")
+                  f" / {p['client_cpu']:.2f} / {p['machine_cpu']:.2f} ({p['stolen_cpu']:.2f})"
+                  f"   {held}")
     print("  machine busy before each server's runs, with this benchmark idle (other work): "
           + ", ".join(f"{label} {r['before']['machine_cpu']:.2f}" for label, r in results.items()))
     if any(p["stolen_cpu"] > 0.1 for r in results.values() for p in r.values()):
         print("warning: the hypervisor took CPU during this run; its figures are low and noisy")
+    for label, phase in uneven(results):
+        held = "+".join(str(n) for n in results[label][phase]["connections"])
+        print(f"warning: {label} {phase}: the workers held {held} connections (one listening "
+              "socket shared: the worker that wakes first accepts them); not an even split")
+
+
+def uneven(results: dict[str, dict[str, Result]]) -> list[tuple[str, str]]:
+    """The phases whose connections went mostly to some workers: one held under half of
+    what another did."""
+    return [(label, phase) for label, r in results.items() for phase in PHASES
+            if len(held := r[phase]["connections"]) > 1 and min(held) < max(held) / 2]
 
 
 def as_json(results: dict[str, dict[str, Result]], met: dict[str, bool],
@@ -435,12 +479,16 @@ def as_json(results: dict[str, dict[str, Result]], met: dict[str, bool],
         out[f"{prefix}kept_up_at_300rps_{workers}"] = bool(r["open"]["kept_up"])
         out[f"{prefix}errors_{workers}"] = int(sum(r[p]["errors"] for p in PHASES))
         out[f"{prefix}busy_before_cpu_{workers}"] = round(r["before"]["machine_cpu"], 3)
+        for phase in PHASES:
+            out[f"{prefix}{phase}_connections_{workers}"] = r[phase]["connections"]
     # The headline: the worst of the PostgreSQL servers measured.
     open_p99 = [r["open"]["p99_ms"] for label, r in results.items()
                 if label.startswith("postgres")]
     if open_p99:
         out["chat_p99_ms_at_300rps"] = round(max(open_p99), 3)
-    out.update(missed=[name for name, ok in met.items() if not ok], seconds=args.seconds,
+    out.update(missed=[name for name, ok in met.items() if not ok],
+               uneven=[f"{label} {phase}" for label, phase in uneven(results)],
+               seconds=args.seconds,
                connections=args.connections, wrk_threads=args.threads, users=len(USERS),
                idempotency_keys=args.idempotency_keys, open_loop="python-httpx",
                loadavg_before=load[0], loadavg_after=load[1])
