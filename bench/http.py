@@ -82,6 +82,11 @@ class Server:
     base: str
     pids: list[int]  # the processes that answer requests: the workers
     formation: str
+    database: str | None  # PostgreSQL's name for it, to find its backends' CPU
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
 
 @contextlib.asynccontextmanager
@@ -208,7 +213,8 @@ async def server(data_dir: Path, database_url: str | None, cache_url: str | None
                 assert listed, seen
                 pids = [int(pid) for pid in listed.group(1).split(", ")]
             await _all_accepting(pids, int(up.group(2)))
-        yield Server(up.group(1), pids, formation)
+        database = database_url.rsplit("/", 1)[1] if database_url else None
+        yield Server(up.group(1), pids, formation, database)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -317,14 +323,33 @@ async def open_loop(send: Send, rate: int, count: int) -> Result:
             "p99_ms": percentile(latencies, 0.99), "errors": errors, "kept_up": growth <= 50}
 
 
-def _cpu_now(pids: list[int]) -> dict[str, Any]:
-    """CPU seconds so far: each worker, this process, wrk (children that ended), the whole
-    machine (the database's processes included), and steal (time a hypervisor took)."""
+def _ticks(stat: str) -> float:
+    """utime + stime, in seconds, from a /proc/<pid>/stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _HZ
+
+
+def _backends(database: str | None) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving `database` (on this machine):
+    their titles read "postgres: … USER DATABASE HOST(PORT) STATE"."""
+    found: dict[int, float] = {}
+    if database is None:
+        return found
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if title.startswith("postgres:") and f" {database} " in title:
+                found[int(proc.name)] = _ticks((proc / "stat").read_text())
+    return found
+
+
+def _cpu_now(pids: list[int], database: str | None = None) -> dict[str, Any]:
+    """CPU seconds so far: each worker, this process, wrk (children that ended), the
+    database's backends, the whole machine, and steal (time a hypervisor took)."""
     workers = []
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            workers.append((int(stat[11]) + int(stat[12])) / _HZ)
+            workers.append(_ticks(Path(f"/proc/{pid}/stat").read_text()))
         except OSError:  # not Linux, or the worker died: its column reads 0
             workers.append(0.0)
     try:
@@ -334,30 +359,33 @@ def _cpu_now(pids: list[int]) -> dict[str, Any]:
     user, nice, system, _idle, _iowait, irq, softirq, steal = machine
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"worker_cpu": workers, "client_cpu": time.process_time(),
-            "wrk_cpu": children.ru_utime + children.ru_stime,
+            "wrk_cpu": children.ru_utime + children.ru_stime, "database_cpu": _backends(database),
             "machine_cpu": (user + nice + system + irq + softirq) / _HZ,
             "stolen_cpu": steal / _HZ}
 
 
-async def with_cpu(pids: list[int], phase: Awaitable[Result], port: int = 0) -> Result:
+async def with_cpu(phase: Awaitable[Result], srv: Server | None = None) -> Result:
     """Run one phase and add the cores each side used, in cores (CPU seconds per second).
     Each worker runs one event loop: a worker near 1.00 is the bottleneck; a machine near
     its core count leaves nobody room (client, server and database share it); steal makes
-    a run slower for no reason of its own. With `port`, also the connections each worker
+    a run slower for no reason of its own. With a server, also the connections each worker
     holds a second into the phase."""
-    before, started = _cpu_now(pids), time.perf_counter()
+    pids, database = (srv.pids, srv.database) if srv else ([], None)
+    before, started = _cpu_now(pids, database), time.perf_counter()
     running = asyncio.ensure_future(phase)
     spread = [0] * len(pids)
-    if port:
+    if srv:
         await asyncio.wait({running}, timeout=1.0)
-        spread = _connections(pids, port)
+        spread = _connections(pids, srv.port)
     result = await running
     result["connections"] = spread
-    wall, after = time.perf_counter() - started, _cpu_now(pids)
+    wall, after = time.perf_counter() - started, _cpu_now(pids, database)
     for key, value in after.items():
         if key == "worker_cpu":
             result[key] = [(a - b) / wall for a, b in zip(value, before[key], strict=True)]
             result["server_cpu"] = sum(result[key])
+        elif key == "database_cpu":  # a backend that started during the phase: all of it
+            result[key] = sum(t - before[key].get(pid, 0.0) for pid, t in value.items()) / wall
         else:
             result[key] = (value - before[key]) / wall
     return result
@@ -365,12 +393,11 @@ async def with_cpu(pids: list[int], phase: Awaitable[Result], port: int = 0) -> 
 
 async def idle_machine(seconds: float = 2.0) -> Result:
     """Cores the machine spends while this benchmark does nothing: other people's work."""
-    return await with_cpu([], asyncio.sleep(seconds, {}))
+    return await with_cpu(asyncio.sleep(seconds, {}))
 
 
 async def measure(wrk: str, srv: Server, args: argparse.Namespace) -> dict[str, Result]:
     label = f"{len(srv.pids)} worker{'s' if len(srv.pids) > 1 else ''}"
-    port = int(srv.base.rsplit(":", 1)[1])
     results = {"before": await idle_machine()}
     # First contact creates each user; keep that out of the timed part. The connections
     # close after, so that the workers hold only the measured ones.
@@ -380,15 +407,14 @@ async def measure(wrk: str, srv: Server, args: argparse.Namespace) -> dict[str, 
     await run_wrk(wrk, srv.base, "chat", WARMUP_SECONDS, args)
     await run_wrk(wrk, srv.base, "trivial", WARMUP_SECONDS / 2, args)
     _log(f"  {label}: wrk, {args.connections} connections, {args.seconds:g} s each")
-    results["chat"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "chat", args.seconds,
-                                                       args), port)
-    results["trivial"] = await with_cpu(srv.pids, run_wrk(wrk, srv.base, "trivial",
-                                                          args.seconds, args), port)
+    results["chat"] = await with_cpu(run_wrk(wrk, srv.base, "chat", args.seconds, args), srv)
+    results["trivial"] = await with_cpu(run_wrk(wrk, srv.base, "trivial", args.seconds, args),
+                                        srv)
     _log(f"  {label}: open loop (Python), {OPEN_RATE} chat requests/s for {args.seconds:g} s")
     async with http_clients(srv.base, args.connections) as idle:
         chat = chat_sender(idle, args.idempotency_keys)
         results["open"] = await with_cpu(
-            srv.pids, open_loop(chat, OPEN_RATE, int(OPEN_RATE * args.seconds)), port)
+            open_loop(chat, OPEN_RATE, int(OPEN_RATE * args.seconds)), srv)
     return results
 
 
@@ -436,16 +462,16 @@ def table(results: dict[str, dict[str, Result]], met: dict[str, bool]) -> None:
           f"wrk; open loop ({OPEN_RATE} req/s) by this process with httpx (wrk has no fixed rate)")
     for name, ok in met.items():
         print(f"  {'met   ' if ok else 'MISSED'} {name}")
-    print(f"CPU in cores: server (per worker) / wrk / this process / whole machine "
-          f"({os.cpu_count()} cores), and steal; connections each worker held")
+    print(f"CPU in cores: server (per worker) / wrk / this process / PostgreSQL backends / "
+          f"whole machine ({os.cpu_count()} cores), and steal; connections each worker held")
     for label, r in results.items():
         for phase in PHASES:
             p = r[phase]
             each = "+".join(f"{w:.2f}" for w in p["worker_cpu"])
             held = "+".join(str(n) for n in p["connections"])
             print(f"  {label:<13}{phase:<8}{p['server_cpu']:.2f} ({each}) / {p['wrk_cpu']:.2f}"
-                  f" / {p['client_cpu']:.2f} / {p['machine_cpu']:.2f} ({p['stolen_cpu']:.2f})"
-                  f"   {held}")
+                  f" / {p['client_cpu']:.2f} / {p['database_cpu']:.2f} / {p['machine_cpu']:.2f}"
+                  f" ({p['stolen_cpu']:.2f})   {held}")
     print("  machine busy before each server's runs, with this benchmark idle (other work): "
           + ", ".join(f"{label} {r['before']['machine_cpu']:.2f}" for label, r in results.items()))
     if any(p["stolen_cpu"] > 0.1 for r in results.values() for p in r.values()):
@@ -471,7 +497,7 @@ def as_json(results: dict[str, dict[str, Result]], met: dict[str, bool],
         prefix = "" if store == "postgres" else f"{store}_"  # PostgreSQL is the primary
         for phase in ("chat", "trivial"):
             for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "server_cpu", "wrk_cpu",
-                        "machine_cpu", "stolen_cpu"):
+                        "database_cpu", "machine_cpu", "stolen_cpu"):
                 out[f"{prefix}{phase}_{key}_{workers}"] = round(r[phase][key], 3)
         out[f"{prefix}chat_trivial_ratio_{workers}"] = round(
             r["chat"]["rps"] / r["trivial"]["rps"], 4)
