@@ -1,9 +1,12 @@
 """Messages through the whole engine (in-memory channel, offline responder), on PostgreSQL
-and SQLite, beside raw identity resolution measured in the same run.
+and SQLite, beside raw primary-key lookups at the same concurrency in the same run.
 
     python -m bench.pipeline [--messages 6000] [--users 300] [--concurrency 8] [--json]
 
-Half of the messages tell the assistant something (a memory write), half ask.
+Half of the messages tell the assistant something (a memory write), half ask. The baseline is
+`SELECT public_id FROM users WHERE id = $1`, on PostgreSQL prepared once on each of
+`concurrency` pooled connections held throughout, on SQLite through the store's reader; half
+of it runs before the messages and half after, so a neighbour's load burst hits both alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -28,9 +32,11 @@ from gateway.conversation.responders.offline import OfflineResponder
 from gateway.runtime.logs import configure_logging
 from identity import IdentifierParser, IdentityService, connect, store_for
 from identity.cache import IdentityCache, make_backend
+from identity.storage import Database, PostgresDatabase
 
 ADMIN_URL = os.environ.get("THREADLINE_BENCH_POSTGRES_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
+RAW_LOOKUPS = 20_000  # per run, half before the messages and half after
 KEY = b"kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8="
 TEXTS = ["my budget is $5,000", "what's my budget?", "hello", "I prefer short answers",
          "what do you know about me?", "remember that the demo is on Friday", "whats my color?",
@@ -40,6 +46,28 @@ TEXTS = ["my budget is $5,000", "what's my budget?", "hello", "I prefer short an
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def raw_lookups(db: Database, count: int, concurrency: int) -> float:
+    """Seconds for `count` primary-key lookups of random users, `concurrency` at a time."""
+    ids = [row[0] for row in await db.fetch("SELECT id FROM users")]
+    sql = "SELECT public_id FROM users WHERE id = $1"
+    shares = [[random.choice(ids) for _ in range(count // concurrency + (i < count % concurrency))]
+              for i in range(concurrency)]
+
+    async def worker(picks: list[int]) -> None:
+        if isinstance(db, PostgresDatabase):
+            async with db.pool.acquire() as conn:
+                lookup = await conn.prepare(sql)
+                for pk in picks:
+                    await lookup.fetchval(pk)
+        else:
+            for pk in picks:
+                await db.fetchval(sql, pk)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(picks) for picks in shares))
+    return time.perf_counter() - started
 
 
 async def run_engine(url: str, messages: int, users: int, concurrency: int) -> dict[str, float]:
@@ -67,11 +95,13 @@ async def run_engine(url: str, messages: int, users: int, concurrency: int) -> d
                                conversation=f"c{i % users}")
             latencies.append((time.perf_counter() - started) * 1000)
 
+    raw_seconds = await raw_lookups(db, RAW_LOOKUPS // 2, concurrency)
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    raw_seconds += await raw_lookups(db, RAW_LOOKUPS - RAW_LOOKUPS // 2, concurrency)
 
-    # Raw identity resolution (cached) in the same run, as the baseline.
+    # Cached identity resolution, one at a time: context beside the baseline.
     resolves = 20_000
     t0 = time.perf_counter()
     for i in range(resolves):
@@ -80,7 +110,8 @@ async def run_engine(url: str, messages: int, users: int, concurrency: int) -> d
     await cache.close()
     await db.close()
     return {"msgs_per_s": messages / elapsed, "p50_ms": statistics.median(latencies),
-            "p99_ms": percentile(latencies, 0.99), "raw_resolve_per_s": raw_resolve}
+            "p99_ms": percentile(latencies, 0.99), "raw_resolve_per_s": raw_resolve,
+            "raw_pk_lookups_per_s": RAW_LOOKUPS / raw_seconds}
 
 
 async def with_postgres(args: argparse.Namespace) -> dict[str, float]:
@@ -110,20 +141,32 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lite = await run_engine(f"sqlite:///{Path(tmp) / 'bench.db'}", args.messages,
                                 args.users, args.concurrency)
-    print(f"{'store':<10}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'raw resolve/s':>16}"
-          f"{'msgs / resolve':>16}")
+    print(f"{'store':<10}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'raw pk lookup/s':>18}"
+          f"{'msgs / lookup':>15}{'cached resolve/s':>18}")
     for label, r in (("postgres", pg), ("sqlite", lite)):
         print(f"{label:<10}{r['msgs_per_s']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-              f"{r['raw_resolve_per_s']:>16.0f}{r['msgs_per_s'] / r['raw_resolve_per_s']:>16.4f}")
-    print("targets: postgres >= 1500 msgs/s with p99 <= 20 ms")
+              f"{r['raw_pk_lookups_per_s']:>18.0f}"
+              f"{r['msgs_per_s'] / r['raw_pk_lookups_per_s']:>15.4f}"
+              f"{r['raw_resolve_per_s']:>18.0f}")
+    ratio = pg["msgs_per_s"] / pg["raw_pk_lookups_per_s"]
+    missed = [name for name, ok in (("postgres msgs/s >= 0.2x raw pk lookups/s", ratio >= 0.2),
+                                    ("postgres p99 <= 20 ms", pg["p99_ms"] <= 20)) if not ok]
+    print(f"raw pk lookups: {args.concurrency} at a time, like the messages; cached resolve: one "
+          "at a time (context)")
+    print("targets: postgres msgs/s >= 0.2x raw pk lookups/s, p99 <= 20 ms"
+          + (f"; MISSED: {', '.join(missed)}" if missed else "; met"))
     if args.json:
         print(json.dumps({
             "pg_msgs_per_s": round(pg["msgs_per_s"], 1), "pg_p50_ms": round(pg["p50_ms"], 3),
             "pg_p99_ms": round(pg["p99_ms"], 3),
+            "pg_raw_pk_lookups_per_s": round(pg["raw_pk_lookups_per_s"], 1),
+            "pg_msgs_per_raw_lookup": round(ratio, 4),
             "sqlite_msgs_per_s": round(lite["msgs_per_s"], 1),
             "sqlite_p50_ms": round(lite["p50_ms"], 3), "sqlite_p99_ms": round(lite["p99_ms"], 3),
+            "sqlite_raw_pk_lookups_per_s": round(lite["raw_pk_lookups_per_s"], 1),
             "raw_resolve_per_s": round(pg["raw_resolve_per_s"], 1),
             "sqlite_raw_resolve_per_s": round(lite["raw_resolve_per_s"], 1),
+            "missed": missed, "loadavg": round(os.getloadavg()[0], 2),
             "messages": args.messages, "users": args.users, "concurrency": args.concurrency,
         }))
 
