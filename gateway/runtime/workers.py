@@ -1,6 +1,8 @@
-"""`threadline serve --workers N`: N processes on one host sharing one listening socket.
+"""`threadline serve --workers N`: N processes on one host sharing one port.
 
-The parent binds the socket, forks the workers and waits. Each worker is a full replica
+The parent binds one listening socket per worker on the same port (SO_REUSEPORT, so the
+kernel spreads new connections across them evenly; one shared socket lets whichever worker
+wakes first take a whole burst), forks the workers and waits. Each worker is a full replica
 (its own pool, cache tier and leases), so this needs PostgreSQL: SQLite serves one process.
 SIGTERM or SIGINT to the parent is passed to every worker, which drains and exits; a worker
 that dies is started again (at most once every few seconds, so a crash loop stays visible).
@@ -44,6 +46,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -62,7 +65,10 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
         raise ConfigError(
             f"--workers {workers} needs PostgreSQL: SQLite serves one process "
             "(THREADLINE_DATABASE_URL=postgresql://…), or run without --workers")
-    sock = listening_socket(host, port)
+    first = listening_socket(host, port)
+    bound = first.getsockname()[1]  # port 0: the one the system chose, for every socket
+    # One socket per worker, kept here too, so that a worker started again takes its own.
+    socks = [first, *(listening_socket(host, bound) for _ in range(workers - 1))]
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
@@ -74,7 +80,11 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
             _end_with_parent()
             code = 0
             try:
-                asyncio.run(run(settings, host, port, console, sockets=[sock],  # type: ignore[arg-type]
+                for other, sock in enumerate(socks):  # only its own: the kernel balances
+                    if other != number:
+                        sock.close()
+                asyncio.run(run(settings, host, port, console,  # type: ignore[arg-type]
+                                sockets=[socks[number]],
                                 quiet=number > 0))
             except BaseException as exc:  # noqa: BLE001 - a worker says why it ended
                 if not isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -97,7 +107,7 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
     signal.signal(signal.SIGINT, forward)
     for number in range(workers):
         start(number)
-    console.print(f"  workers    {workers} processes on {host}:{sock.getsockname()[1]} "
+    console.print(f"  workers    {workers} processes on {host}:{bound} "
                   f"(pids {', '.join(str(p) for p in children)})")
     status, last_restart = 0, 0.0
     while children:
@@ -115,9 +125,14 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
             status = status or int(exit_code not in (0, -signal.SIGTERM))
             continue
         log.error("worker ended; starting it again", worker=number, pid=pid, exit=exit_code)
+        # Its socket goes at once, so new connections go to the living workers meanwhile;
+        # the worker started again gets a new one.
+        socks[number].close()
         time.sleep(max(0.0, RESTART_PAUSE - (time.monotonic() - last_restart)))
         last_restart = time.monotonic()
         if not stopping:
+            socks[number] = listening_socket(host, bound)
             start(number)
-    sock.close()
+    for sock in socks:
+        sock.close()
     return status
