@@ -118,26 +118,25 @@ async def redis_keys_dropped(url: str, formation: str) -> AsyncIterator[None]:
             await client.aclose()
 
 
-def _listening_inode(port: int) -> int | None:
-    """The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp."""
+def _listening_inodes(port: int) -> set[int] | None:
+    """The inodes of the sockets listening on 127.0.0.1:`port` (one per worker of
+    `serve --workers`), from /proc/net/tcp."""
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return None
-    for line in lines:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-            return int(fields[9])
-    return None
+    return {int(fields[9]) for fields in map(str.split, lines)
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A"}  # 0A: LISTEN
 
 
-def _accepting(pid: int, inode: int) -> bool:
-    """Whether process `pid` waits for connections on the socket `inode`: its event loop's
-    epoll set holds it (fdinfo shows each watched file as `tfd: … ino:<hex>`)."""
-    mark = f"ino:{inode:x} "
+def _accepting(pid: int, inodes: set[int]) -> bool:
+    """Whether process `pid` waits for connections on one of the sockets `inodes`: its
+    event loop's epoll set holds it (fdinfo shows each watched file as `tfd: … ino:<hex>`)."""
+    marks = [f"ino:{inode:x} " for inode in inodes]
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
         with contextlib.suppress(OSError):
-            if mark in info.read_text():
+            text = info.read_text()
+            if any(mark in text for mark in marks):
                 return True
     return False
 
@@ -146,18 +145,20 @@ async def _all_accepting(pids: list[int], port: int) -> None:
     """Wait until every worker accepts connections. The first one's start-up summary comes
     while the others may still be starting; wrk connecting then would hand every
     connection to the first, for the whole run."""
-    inode = _listening_inode(port)
-    if inode is None:  # not Linux: no way to tell, give them time
-        await asyncio.sleep(5)
-        return
-    while not all(_accepting(pid, inode) for pid in pids):
+    while True:
+        inodes = _listening_inodes(port)
+        if inodes is None:  # not Linux: no way to tell, give them time
+            await asyncio.sleep(5)
+            return
+        if all(_accepting(pid, inodes) for pid in pids):
+            return
         await asyncio.sleep(0.1)
 
 
 def _connections(pids: list[int], port: int) -> list[int]:
-    """How many established connections to `port` each process holds. `serve --workers`
-    shares one listening socket, so which worker accepts a connection is a race; a
-    kept-alive connection then stays with that worker for the whole run."""
+    """How many established connections to `port` each process holds (the kernel spreads
+    them across the workers' sockets; a kept-alive connection stays with its worker for
+    the whole run)."""
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
