@@ -92,15 +92,29 @@ class Claims:
         async with self.db.transaction() as tx:
             return await tx.fetchval(_ACCEPT, *args) is not None
 
-    async def due(self, *, grace: float, limit: int = 50) -> list[dict[str, Any]]:
+    async def due(self, *, grace: float, channels: list[str] | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
         """Payloads of messages no process is answering: queued for longer than `grace`
-        (whoever acknowledged them is gone), or whose lease ran out unsaid."""
+        (whoever acknowledged them is gone), or whose lease ran out unsaid; only those of
+        `channels` when given (the ones the caller can say something on)."""
         at = now()
+        args: list[Any] = [at - grace, at - self.lease, limit]
+        where = ""
+        if channels is not None:
+            if not channels:
+                return []
+            if self.db.dialect == "postgres":
+                args.append(channels)
+                where = " AND channel = ANY($4::text[])"
+            else:
+                args.extend(channels)
+                where = " AND channel IN (" + ", ".join(
+                    f"${4 + i}" for i in range(len(channels))) + ")"
         rows = await self.db.fetch(
             "SELECT payload FROM processed_messages WHERE payload IS NOT NULL AND"
             " ((status = 'queued' AND created_at < $1)"
             " OR (status IN ('processing', 'answered') AND created_at < $2))"
-            " ORDER BY created_at LIMIT $3", at - grace, at - self.lease, limit)
+            f"{where} ORDER BY created_at LIMIT $3", *args)
         return [json.loads(r[0]) for r in rows]
 
     async def claim(self, key: MessageKey, *, lease: float | None = None,

@@ -101,3 +101,15 @@ async def test_a_telegram_webhook_update_acknowledged_by_a_dead_replica_is_answe
             assert await worker.run_once() == 0
     finally:
         await telegram.stop()
+
+
+async def test_messages_no_replica_can_say_do_not_hold_up_the_others(engine):
+    claims = engine.memory.claims
+    for n in range(60):  # more than one round takes
+        await engine.accept(InboundMessage(channel="cli", identifier="t@x.co",
+                                           conversation="c", text="hi", message_id=f"c{n}"))
+    await engine.accept(InboundMessage(channel="web", identifier="w@x.co", conversation="c",
+                                       text="hello", message_id="w1"))
+    waiting = await claims.due(grace=0, channels=["web", "slack"])
+    assert [p["message_id"] for p in waiting] == ["w1"]
+    assert await claims.due(grace=0, channels=[]) == []

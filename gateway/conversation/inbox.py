@@ -32,10 +32,9 @@ class InboxWorker:
     async def run_once(self) -> int:
         """Answer what is waiting; returns how many were answered here."""
         answered = 0
-        reachable = set(self.channels.names())
-        for payload in await self.engine.memory.claims.due(grace=self.grace):
-            if payload.get("channel") not in reachable:
-                continue  # no way to say it from here (a terminal chat, a channel not run)
+        # Only channels this replica can say something on (not a terminal chat, say).
+        for payload in await self.engine.memory.claims.due(grace=self.grace,
+                                                           channels=self.channels.names()):
             message = from_payload(payload)
 
             async def send(reply: Reply, message=message) -> None:  # type: ignore[no-untyped-def]
