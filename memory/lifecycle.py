@@ -31,6 +31,13 @@ def iso_at(record: Any) -> Any:
     return record
 
 
+def parse_iso(text: str) -> datetime:
+    """An ISO 8601 time as given by a caller (UTC when it names no zone); ValueError when
+    it is not one."""
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _json(text: str | None) -> Any:
     return json.loads(text) if text else None
 

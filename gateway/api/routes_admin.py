@@ -4,7 +4,7 @@ chat gateway does not have (agents, MCP, SOPs, triggers), refused with NOT_SUPPO
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,6 +19,7 @@ from gateway.runtime.formations import Formation
 from gateway.runtime.health import Readiness
 from gateway.runtime.wiring import Runtime
 from identity.audit import AuditEntry, AuditLog
+from memory.lifecycle import parse_iso
 
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -149,12 +150,11 @@ def _moment(name: str, text: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_iso(text).timestamp()
     except ValueError:
         raise ApiError(422, "INVALID_PARAMS", f"{name}: an ISO 8601 time or Unix seconds",
                        {"errors": [{"field": name, "msg": "not a time",
                                     "type": "value_error"}]}) from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _entry(e: AuditEntry) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,6 +17,7 @@ from gateway.runtime.lifecycle import export_document
 from gateway.runtime.wiring import Runtime
 from identity.directory import UserDirectory
 from identity.types import LinkedIdentifier
+from memory.lifecycle import parse_iso
 
 router = APIRouter()
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -143,11 +144,10 @@ def _when(name: str, text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         raise ApiError(422, "INVALID_PARAMS", f"{name}: not an ISO 8601 time", {"errors": [
             {"field": name, "msg": "not an ISO 8601 time", "type": "value_error"}]}) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _identifier(i: LinkedIdentifier) -> dict[str, Any]:

@@ -13,9 +13,11 @@ from rich.table import Table
 
 from gateway.cli.main import (
     FormationOption,
+    _confirm,
     _formation,
     _parse_identifier,
     _run,
+    _user_of,
     app,
     err,
     out,
@@ -26,28 +28,17 @@ from gateway.runtime.wiring import Runtime
 from identity.audit import AuditLog
 from identity.directory import UserDirectory
 from identity.types import InvalidIdentifierError
-
-
-async def user_of(rt: Runtime, formation: str, text: str) -> str:
-    """A usr_… id as given, or the owner of the identifier given."""
-    if text.startswith("usr_"):
-        return text
-    found = await rt.identity.resolve(formation, _parse_identifier(text), create=False)
-    if found is None:
-        err.print(f"no user has identifier {text}")
-        raise typer.Exit(1)
-    return found
+from memory.lifecycle import parse_iso
 
 
 def _time(name: str, text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         raise InvalidIdentifierError(f"{name}: not an ISO 8601 time ({text!r})",
                                      field=name) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @users.command("list")
@@ -99,7 +90,7 @@ def users_export(
 
     async def work(rt: Runtime) -> None:
         fid = _formation(rt, formation)
-        document = await export_document(rt, fid, await user_of(rt, fid, user_or_identifier),
+        document = await export_document(rt, fid, await _user_of(rt, fid, user_or_identifier),
                                          actor="cli")
         text = json.dumps(document, indent=2, ensure_ascii=False)
         if output is None:
@@ -124,18 +115,11 @@ def users_erase(
 
     async def work(rt: Runtime) -> None:
         fid = _formation(rt, formation)
-        user_id = await user_of(rt, fid, user_or_identifier)
+        user_id = await _user_of(rt, fid, user_or_identifier)
         identifiers = await rt.identity.identifiers_of(fid, user_id)
         out.print(f"{user_id}: {', '.join(i.identifier for i in identifiers) or 'no identifiers'}")
-        if not yes:
-            if not sys.stdin.isatty():
-                err.print("refusing to erase without confirmation: run in a terminal, or "
-                          "add --yes")
-                raise typer.Exit(1)
-            if not typer.confirm("Erase this user and everything kept about them? "
-                                 "This cannot be undone"):
-                err.print("nothing erased")
-                raise typer.Exit(1)
+        await _confirm("Erase this user and everything kept about them? This cannot be "
+                       "undone", yes)
         erased = await rt.identity.erase(fid, user_id, actor="cli")
         removed = ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in erased.counts.items()
                             if n)
