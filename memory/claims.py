@@ -115,7 +115,7 @@ class Claims:
             " ((status = 'queued' AND created_at < $1)"
             " OR (status IN ('processing', 'answered') AND created_at < $2))"
             f"{where} ORDER BY created_at LIMIT $3", *args)
-        return [json.loads(r[0]) for r in rows]
+        return [payload for r in rows if isinstance(payload := _loaded(r[0]), dict)]
 
     async def claim(self, key: MessageKey, *, lease: float | None = None,
                     payload: dict[str, Any] | None = None) -> Claim:
@@ -167,3 +167,12 @@ class Claims:
             "DELETE FROM processed_messages WHERE formation_id = $1 AND channel = $2"
             " AND message_id = $3 AND claim_token = $4 AND status = 'processing'",
             *key.args, token)
+
+
+def _loaded(text: str) -> Any:
+    """A kept message, or None for one that cannot be read (never one that stops the
+    inbox: it is skipped, and the others are answered)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

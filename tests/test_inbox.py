@@ -109,7 +109,23 @@ async def test_messages_no_replica_can_say_do_not_hold_up_the_others(engine):
         await engine.accept(InboundMessage(channel="cli", identifier="t@x.co",
                                            conversation="c", text="hi", message_id=f"c{n}"))
     await engine.accept(InboundMessage(channel="web", identifier="w@x.co", conversation="c",
-                                       text="hello", message_id="w1"))
-    waiting = await claims.due(grace=0, channels=["web", "slack"])
-    assert [p["message_id"] for p in waiting] == ["w1"]
+                                       text="hello", message_id="w1",
+                                       formation=engine.formation))
+    waiting = await claims.due(grace=0, channels=["web", "slack"], limit=1000)
+    # (a database shared by the tests: only this one's formation is looked at)
+    assert [p["message_id"] for p in waiting if p["formation"] == engine.formation] == ["w1"]
     assert await claims.due(grace=0, channels=[]) == []
+
+
+async def test_a_kept_message_that_cannot_be_read_is_skipped_not_a_blocker(engine):
+    claims = engine.memory.claims
+    await engine.accept(InboundMessage(channel="web", identifier="w@x.co", conversation="c",
+                                       text="hello", message_id="ok-1",
+                                       formation=engine.formation))
+    await claims.db.execute(
+        "INSERT INTO processed_messages (formation_id, channel, message_id, created_at,"
+        " status, payload) VALUES ($1, 'web', 'bad-1', 0, 'queued', '{not json')",
+        engine.formation)
+    mine = [p["message_id"] for p in await claims.due(grace=0, channels=["web"], limit=1000)
+            if p["formation"] == engine.formation]
+    assert mine == ["ok-1"]
