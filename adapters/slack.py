@@ -154,6 +154,9 @@ def post_calls(text: str, channel: str, thread_ts: str | None) -> list[dict[str,
 
 class SlackAdapter:
     name = CHANNEL
+    # Events over HTTP reach any replica; Socket Mode lets Slack spread events over several
+    # connections. Either way no lease is needed.
+    exclusive = False
 
     def __init__(self, engine: Conversations, *, bot_token: str, signing_secret: str | None = None,
                  app_token: str | None = None, mode: str = "http",

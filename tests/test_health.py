@@ -12,6 +12,8 @@ from gateway.runtime.supervisor import Supervisor
 class Flaky:
     """Connects after `fail` failed attempts; `refuse` makes it reject its credentials."""
 
+    exclusive = False
+
     def __init__(self, name, *, fail=0, refuse=False, connect_after=0.0):
         self.name, self.fail, self.refuse, self.connect_after = name, fail, refuse, connect_after
         self.attempts = 0

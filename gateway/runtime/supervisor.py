@@ -96,7 +96,7 @@ class Supervisor:
                                                         name=f"channel:{name}")
 
     async def _keep(self, adapter: Adapter) -> None:
-        if not getattr(adapter, "exclusive", False):
+        if not adapter.exclusive:
             await self._keep_running(adapter)
             return
         state = self.states[adapter.name]
