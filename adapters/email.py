@@ -357,6 +357,7 @@ class _Reply:
 class EmailAdapter:
     name = "email"
     exclusive = True  # one replica at a time polls the mailbox
+    delivers_on_standby = True  # `deliver` opens IMAP and SMTP connections of its own
     RETRY_FIRST = 0.5
     RETRY_MAX = 60.0
     IDLE_REFRESH = 5 * 60.0  # re-issue IDLE (and search again) this often

@@ -157,6 +157,9 @@ class TelegramAdapter:
         # Long polling from two replicas is refused by Telegram (409); a webhook is served
         # by whichever replica the request reaches.
         self.exclusive = mode == "polling"
+        # Sending is a Bot API call any replica can make (`deliver` opens a Bot of its own
+        # where this one is not polling): reminders go out from the scheduler's replica.
+        self.delivers_on_standby = True
         self.webhook_url = webhook_url
         self.path = path
         self.formation = formation

@@ -116,3 +116,35 @@ async def test_a_holder_that_loses_its_database_connection_stops_the_work(postgr
         here.cancel()
         await leases.close()
         await other.close()
+
+
+class Sends(Exclusive):
+    """An exclusive channel whose messages any replica can send (Telegram's Bot API)."""
+
+    delivers_on_standby = True
+
+
+async def test_a_replica_standing_by_delivers_on_a_channel_that_sends_from_anywhere(
+        postgres_url):
+    polled, gateway = f"polled{time.time_ns()}", f"gateway{time.time_ns()}"
+    running: set[str] = set()
+    a = Supervisor(leases=PostgresLeases(postgres_url, interval=0.2))
+    b = Supervisor(leases=PostgresLeases(postgres_url, interval=0.2))
+    for supervisor, replica in ((a, "a"), (b, "b")):
+        supervisor.add(Sends(polled, running, replica))
+        supervisor.add(Exclusive(gateway, running, replica))
+    a.start()
+    try:
+        await wait_for(lambda: a.is_up(polled) and a.is_up(gateway))
+        b.start()
+        await wait_for(lambda: b.states[polled].status == b.states[gateway].status == "standby")
+        # The scheduler in b can send a reminder on the first (its API works from any
+        # replica), not on the second (only the replica holding the connection can).
+        assert b.can_deliver(polled) and not b.can_deliver(gateway)
+        assert a.can_deliver(polled) and a.can_deliver(gateway)
+        assert not b.is_up(polled)
+    finally:
+        await a.stop()
+        await b.stop()
+        await a.leases.close()
+        await b.leases.close()

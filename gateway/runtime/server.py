@@ -53,7 +53,9 @@ def load_channels(runtime: Runtime) -> tuple[Supervisor, dict[str, str], list[An
             log.error("channel not started: bad configuration", channel=name, error=str(exc))
             continue
         supervisor.add(adapter)
-        runtime.channels.add(adapter, is_up=functools.partial(supervisor.is_up, name))
+        # Reminders and inbox answers go out through any replica that can send on the
+        # channel, not only the one holding its long poll.
+        runtime.channels.add(adapter, is_up=functools.partial(supervisor.can_deliver, name))
         routes.extend(adapter.routes())
     return supervisor, refused, routes
 

@@ -89,6 +89,18 @@ class Supervisor:
         state = self.states.get(name)
         return state is not None and state.status == "up"
 
+    def can_deliver(self, name: str) -> bool:
+        """Whether this replica can say something on the channel now: it runs it, or it
+        stands by while another replica runs it and the adapter says it delivers from any
+        replica (`delivers_on_standby`: Telegram's Bot API and SMTP need no long poll or
+        mailbox of their own; a Discord gateway connection does)."""
+        state = self.states.get(name)
+        if state is None:
+            return False
+        if state.status == "standby":
+            return bool(getattr(self.adapters[name], "delivers_on_standby", False))
+        return state.status == "up"
+
     def start(self) -> None:
         for name, adapter in self.adapters.items():
             if name not in self._tasks:
