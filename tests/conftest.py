@@ -161,3 +161,13 @@ async def server(database_url, tmp_path, formation):
             yield url, runtime
     finally:
         await runtime.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """What tests measured (tests.helpers.report), after the run, even without -s."""
+    from tests.helpers.report import sections
+
+    for title, lines in sections(config):
+        terminalreporter.write_sep("-", title)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -35,6 +35,8 @@ class TelegramPeer:
         self.fail_polls = 0  # how many next getUpdates calls get 502 Bad Gateway
         self.no_private: set[int] = set()  # users who never opened a private chat with us
         self.dropped = 0
+        # (monotonic time, client port) of each getUpdates call: which process polls
+        self.polls: list[tuple[float, int]] = []
         self.rate_limited = 0  # how many next sendMessage calls get 429
         self.url = ""
         self._updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
@@ -154,6 +156,9 @@ class TelegramPeer:
     async def _get_updates(self, request: web.Request,
                            args: Mapping[str, Any]) -> web.StreamResponse:
         offset = int(args.get("offset") or 0)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            self.polls.append((time.monotonic(), int(peer[1])))
         timeout = float(args.get("timeout") or 0)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]  # confirmed
         if self.fail_polls:
