@@ -148,3 +148,20 @@ async def test_a_replica_standing_by_delivers_on_a_channel_that_sends_from_anywh
         await b.stop()
         await a.leases.close()
         await b.leases.close()
+
+
+async def test_a_database_that_is_down_costs_one_warning_per_interval_not_one_per_attempt(
+        capsys):
+    leases = PostgresLeases("postgresql://postgres@127.0.0.1:1/nowhere", interval=0.05)
+    waiting = asyncio.create_task(run_under(leases, f"down-{time.time_ns()}",
+                                            asyncio.Event().wait))
+    try:
+        await asyncio.sleep(1.0)  # about twenty attempts
+        assert not waiting.done()
+    finally:
+        waiting.cancel()
+        await leases.close()
+    logged = capsys.readouterr()
+    warnings = [line for line in (logged.out + logged.err).splitlines()
+                if "cannot ask for a lease" in line]
+    assert len(warnings) == 1, warnings

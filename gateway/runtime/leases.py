@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import structlog
 
 log = structlog.get_logger("threadline.leases")
+
+WARN_EVERY = 30.0  # seconds between warnings while a lease cannot even be asked for
 
 
 class Leases(Protocol):
@@ -80,17 +83,20 @@ class PostgresLeases:
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[asyncio.Event]:
-        waited = False
+        waited, warned = False, -WARN_EVERY
         while True:
             try:
                 if await self._try(name):
                     break
+                if not waited:
+                    waited = True
+                    log.info("lease held by another replica; standing by", lease=name)
             except Exception as exc:  # noqa: BLE001 - the database may be back soon
-                log.warning("cannot ask for a lease", lease=name,
-                            error=f"{type(exc).__name__}: {exc}")
-            if not waited:
-                waited = True
-                log.info("lease held by another replica; standing by", lease=name)
+                # Asked again every `interval`: one line per outage, not one per attempt.
+                if time.monotonic() - warned >= WARN_EVERY:
+                    warned = time.monotonic()
+                    log.warning("cannot ask for a lease", lease=name,
+                                error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.interval)
         lost = asyncio.Event()
         self._lost[name] = lost
