@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench install clean
+.PHONY: run test faults bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed-embeddings
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault suite alone: chat load on three replicas while PostgreSQL is restarted, Redis
+# dropped and a replica killed (servers of its own on free ports); prints the fault table.
+faults: $(BIN)/.installed
+	THREADLINE_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q tests/test_faults.py $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.identity

@@ -44,6 +44,7 @@ class Replica:
     proc: asyncio.subprocess.Process
     url: str
     lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=3000))
+    logged: int = 0  # lines written since it started
     _drain: asyncio.Task[None] | None = None
 
     @property
@@ -112,7 +113,8 @@ class Fleet:
         proc = await asyncio.create_subprocess_exec(
             THREADLINE, "serve", "--host", "127.0.0.1", "--port", "0", cwd=data,
             env=self.env(name), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            limit=1 << 20)  # a traceback as one JSON line can be long
         assert proc.stderr is not None
         replica = Replica(name, proc, "")
         self.replicas[name] = replica
@@ -133,7 +135,7 @@ class Fleet:
             raise RuntimeError(f"replica {name} did not start:\n{replica.tail()}")
         replica.url = up.group(1)
         # Keep reading: a chatty replica would block on a full pipe.
-        replica._drain = asyncio.create_task(_drain(proc.stderr, replica.lines))
+        replica._drain = asyncio.create_task(_drain(proc.stderr, replica))
         return replica
 
     async def start_all(self, *names: str) -> list[Replica]:
@@ -170,9 +172,10 @@ class Fleet:
                              return_exceptions=True)
 
 
-async def _drain(stream: asyncio.StreamReader, lines: collections.deque[str]) -> None:
+async def _drain(stream: asyncio.StreamReader, replica: Replica) -> None:
     while line := await stream.readline():
-        lines.append(line.decode(errors="replace").rstrip("\n"))
+        replica.lines.append(line.decode(errors="replace").rstrip("\n"))
+        replica.logged += 1
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ class ChatCompletionsPeer:
         self.mode = "answer"  # answer | error | slow | garbage | drop (mid-stream)
         self.reply = "Your budget is $5,000."
         self.chunk_delay = 0.0  # seconds between streamed chunks
+        self.delay = 0.0  # seconds every answer takes (a model thinking)
         self.released = asyncio.Event()  # a stream waits for this before its last chunk
         self.released.set()
         self.finished = asyncio.Event()  # set once a stream has sent its last chunk
@@ -52,6 +53,8 @@ class ChatCompletionsPeer:
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         if self.mode == "slow":
             await asyncio.sleep(1.5)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.mode == "garbage":
             return web.json_response({"choices": []})
         calls = self._calls_for(body)
