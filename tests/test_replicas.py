@@ -12,9 +12,10 @@ import signal
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -49,14 +50,15 @@ FAILOVER = 10.0  # seconds a killed holder's channel may take to be polled elsew
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
     try:
-        async with fresh_database(ADMIN_URL) as url:
-            yield url
-    except (OSError, TimeoutError) as exc:
+        await (await asyncpg.connect(ADMIN_URL, timeout=5)).close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         _missing(f"PostgreSQL at {ADMIN_URL}", exc)
+    async with fresh_database(ADMIN_URL) as url:
+        yield url
 
 
 @pytest.fixture
-async def fleet(tmp_path, database, redis_url) -> AsyncIterator[Fleet]:
+async def fleet(tmp_path, database, redis_url) -> AsyncIterator[Callable[..., Fleet]]:
     """Replicas are started by each test (channels differ); all stopped afterwards, and the
     formation's keys left in the shared Redis are deleted."""
     fleets: list[Fleet] = []
@@ -66,7 +68,7 @@ async def fleet(tmp_path, database, redis_url) -> AsyncIterator[Fleet]:
         fleets.append(made)
         return made
 
-    yield make  # type: ignore[misc]
+    yield make
     for made in fleets:
         await made.close()
         client = aioredis.Redis.from_url(redis_url)
