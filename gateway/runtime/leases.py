@@ -23,7 +23,7 @@ WARN_EVERY = 30.0  # seconds between warnings while a lease cannot even be asked
 
 
 class Leases(Protocol):
-    async def hold(self, name: str) -> AsyncIterator[asyncio.Event]:
+    def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         """Wait until this replica holds the lease `name`; yields an event set when the
         lease is lost (the work must stop); released on exit."""
         ...  # pragma: no cover
