@@ -168,7 +168,6 @@ class Row:
     recovered_in: float = 0.0  # seconds from the fault until new requests succeeded again
     after_back: float | None = None  # the same, from when the dependency was back
     unanswered: int = 0  # never acknowledged within RETRY_FOR
-    claimed: int = 0  # of those, how many wait claimed ('processing') in the database
     lost: int = 0
     twice: int = 0
     restarts: int = 0
@@ -233,10 +232,15 @@ async def _healthy(http: httpx.AsyncClient, replica: Replica) -> bool:
     return False
 
 
-async def _needing_restart(http: httpx.AsyncClient, fleet: Fleet, row: Row) -> int:
-    """Replicas (other than the one killed) that are not healthy again SETTLE seconds on."""
+async def _needing_restart(http: httpx.AsyncClient, fleet: Fleet, row: Row,
+                           before: set[str]) -> int:
+    """Replicas that ran before the fault and were not killed by it, but are gone or not
+    healthy again SETTLE seconds on."""
     deadline = time.monotonic() + SETTLE
-    waiting = [r for r in fleet.running()]
+    gone = sorted(before - {r.name for r in fleet.running()} - fleet.killed)
+    for name in gone:
+        row.notes.append(f"{name} exited by itself: {fleet.replicas[name].tail(5)}")
+    waiting = list(fleet.running())
     while waiting and time.monotonic() < deadline:
         waiting = [r for r in waiting if r.running and not await _healthy(http, r)]
         if waiting:
@@ -244,7 +248,7 @@ async def _needing_restart(http: httpx.AsyncClient, fleet: Fleet, row: Row) -> i
     for replica in waiting:
         row.notes.append(f"{replica.name} not ready after {SETTLE:.0f} s: "
                          f"{replica.tail(5)}")
-    return len(waiting)
+    return len(gone) + len(waiting)
 
 
 async def _schedulers(http: httpx.AsyncClient, fleet: Fleet) -> list[str]:
@@ -269,6 +273,7 @@ async def run_fault(name: str, fleet: Fleet, database_url: str,
     watcher = asyncio.create_task(balancer.watch())
     driver = asyncio.create_task(load.run(stop))
     logged = {r.name: r.logged for r in fleet.replicas.values()}
+    before = {r.name for r in fleet.running()}
     try:
         await asyncio.sleep(STEADY)
         fault_at = time.monotonic()
@@ -301,7 +306,6 @@ async def run_fault(name: str, fleet: Fleet, database_url: str,
     row.unanswered = len(unanswered)
     if unanswered:
         claims = await _claims(database_url, unanswered)
-        row.claimed = claims["processing"]
         row.notes.append(f"never answered in {RETRY_FOR:.0f} s: {row.unanswered}, their claims "
                          f"{dict(claims) or 'none'} (a claim is taken over after its 120 s "
                          "lease: 409 REQUEST_IN_PROGRESS until then)")
@@ -309,7 +313,7 @@ async def run_fault(name: str, fleet: Fleet, database_url: str,
     row.lost = sum(stored.get(m.text, 0) == 0 for m in messages if m.acked)
     row.twice = sum(count > 1 for count in stored.values())
     async with httpx.AsyncClient() as http:
-        row.restarts = await _needing_restart(http, fleet, row)
+        row.restarts = await _needing_restart(http, fleet, row, before)
         deadline = time.monotonic() + SETTLE  # and the scheduler runs again, once
         while len(schedulers := await _schedulers(http, fleet)) != 1:
             if time.monotonic() > deadline:

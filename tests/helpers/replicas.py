@@ -82,6 +82,7 @@ class Fleet:
         self.log_level = log_level
         self.settings = dict(settings or {})
         self.replicas: dict[str, Replica] = {}
+        self.killed: set[str] = set()  # by `kill`, on purpose
         self.formation_file: Path | None = None
         if channels:
             self.formation_file = home / "formation.yaml"
@@ -147,6 +148,7 @@ class Fleet:
     async def kill(self, name: str) -> None:
         """SIGKILL: no shutdown, no lease released; its connections die with it."""
         replica = self.replicas[name]
+        self.killed.add(name)
         with contextlib.suppress(ProcessLookupError):
             replica.proc.kill()
         await replica.proc.wait()
