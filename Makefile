@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench install clean
+.PHONY: run test lint bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed-embeddings
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style and types (ruff, mypy), as each commit should leave them.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy gateway identity memory adapters config
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.identity
