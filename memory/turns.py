@@ -30,7 +30,7 @@ from memory.types import (
     new_id,
     now,
 )
-from memory.user_memory import UserMemory, build_synopsis
+from memory.user_memory import UserMemory, build_synopsis, search_terms
 
 # The conversation's active session, five reads and a count as one UNION ALL; each part
 # yields (part, a, b, c, d, at).
@@ -55,6 +55,17 @@ SELECT * FROM (SELECT 'm', id, content, metadata, NULL, created_at FROM memories
 UNION ALL
 SELECT 'n', NULL, NULL, NULL, NULL, (SELECT count(*) FROM working_memory WHERE user_id = $1)
 """
+# On PostgreSQL the same query also ranks the user's memories by the words of the message
+# ($8 the terms, $9 how many): recall then needs no round trip of its own.
+_CONTEXT_PG = _CONTEXT + """UNION ALL
+SELECT * FROM (SELECT 'q', id, content, metadata, NULL, created_at FROM memories
+               WHERE $8::text IS NOT NULL AND user_id = $1
+               AND search @@ to_tsquery('english', $8)
+               ORDER BY ts_rank(search, to_tsquery('english', $8)) DESC, created_at DESC
+               LIMIT $9) AS q
+"""
+# How many word matches a turn reads: what search_memories' ranking looks at.
+_WORDS_DEPTH = 20
 
 
 @dataclass
@@ -65,17 +76,27 @@ class TurnContext:
     buffer: list[SessionMessage]
     recent: list[Memory]
     working_rows: int
+    # The user's memories ranked by the message's words, best first; None: not read here.
+    by_words: list[Memory] | None = None
 
 
 async def load_context(db: Database, users: UserMemory, sessions: Sessions, user_id: str,
-                       formation: str, channel: str, conversation: str
+                       formation: str, channel: str, conversation: str, text: str = ""
                        ) -> tuple[Session, TurnContext]:
     """The conversation's active session (or a new one, not stored yet: see
-    `Sessions.plan`) and what the assistant needs to know, in one query."""
+    `Sessions.plan`) and what the assistant needs to know, in one query; on PostgreSQL
+    with the user's memories ranked by the words of `text`."""
     at = now()
-    rows = await db.fetch(_CONTEXT, user_id, channel, conversation, at - sessions.idle_timeout,
-                          at - users.working_max_age, users.working_limit, sessions.buffer_size)
+    args = (user_id, channel, conversation, at - sessions.idle_timeout,
+            at - users.working_max_age, users.working_limit, sessions.buffer_size)
     ctx = TurnContext([], "", [], [], [], 0)
+    if db.dialect == "postgres":
+        terms = search_terms(text)
+        rows = await db.fetch(_CONTEXT_PG, *args, " | ".join(terms) if terms else None,
+                              _WORDS_DEPTH)
+        ctx.by_words = []
+    else:
+        rows = await db.fetch(_CONTEXT, *args)
     session: Session | None = None
     for part, a, b, c, _, stamp in rows:
         if part == "f":
@@ -91,6 +112,9 @@ async def load_context(db: Database, users: UserMemory, sessions: Sessions, user
             ctx.buffer.append(SessionMessage(a, b, c, stamp))
         elif part == "m":
             ctx.recent.append(Memory(a, b, json.loads(c), stamp))
+        elif part == "q":
+            assert ctx.by_words is not None
+            ctx.by_words.append(Memory(a, b, json.loads(c), stamp))
         else:
             ctx.working_rows = int(stamp)
     ctx.facts.sort(key=lambda f: (f.kind, f.updated_at))
@@ -192,11 +216,12 @@ class Turns:
         self.db = users.db
         self.users, self.sessions, self.tasks, self.claims = users, sessions, tasks, claims
 
-    async def open(self, user_id: str, formation: str, channel: str,
-                   conversation: str) -> tuple[Session, TurnContext]:
-        """The session a turn goes into, and the context it needs, in one round trip."""
+    async def open(self, user_id: str, formation: str, channel: str, conversation: str,
+                   text: str = "") -> tuple[Session, TurnContext]:
+        """The session a turn goes into, and the context it needs (with the memories
+        `text` names, where the database can say at once), in one round trip."""
         return await load_context(self.db, self.users, self.sessions, user_id, formation,
-                                  channel, conversation)
+                                  channel, conversation, text)
 
     async def store(self, turn: TurnWrite) -> Session:
         """Commit the turn; returns the session it went into (another turn may have opened
