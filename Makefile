@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test faults bench install clean
+.PHONY: run test faults lint bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(BIN)/.installed-embeddings
 # dropped and a replica killed (servers of its own on free ports); prints the fault table.
 faults: $(BIN)/.installed
 	THREADLINE_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q tests/test_faults.py $(PYTEST_ARGS)
+
+# Style and types (ruff, mypy), as each commit should leave them.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy gateway identity memory adapters config
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.identity

@@ -7,6 +7,13 @@
         gateway_url: null                      # null: Discord's own gateway
         formation: default                     # optional; else the engine's formation
         drain_timeout: 10                      # seconds replies in flight get at shutdown
+        shards: 1                              # gateway shards (Discord's sharding)
+
+With `shards: N` (N > 1) the bot connects N gateway sessions, shard 0 to N-1 (a guild's
+events go to shard (guild_id >> 22) % N; direct messages to shard 0), each one
+`discord.Client(shard_id=i, shard_count=N)` run by `run_shard(i)`. The supervisor holds each
+shard under a lease of its own and spreads them across the replicas
+(`gateway.runtime.shards`); `run()` runs them all in this process.
 
 The bot requests the privileged Message Content intent: enable "Message Content Intent" on the
 application's Bot page in the Developer Portal, or the gateway closes with 4014.
@@ -40,6 +47,7 @@ log = structlog.get_logger("threadline.discord")
 
 CHANNEL = "discord"
 MESSAGE_LIMIT = 2000
+MAX_SHARDS = 1024  # far past what one bot needs (Discord: at most 2,500 guilds per shard)
 DEFAULT_API_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
 PORTAL = "https://discord.com/developers/applications"
@@ -181,38 +189,46 @@ def user_tag(user: Mapping[str, Any]) -> str:
 
 
 class _Client(discord.Client):
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    """One gateway session (one shard, or the whole bot unsharded) and the replies it is
+    working on."""
+
+    def __init__(self, adapter: DiscordAdapter, ready: Ready, shard: int | None = None,
+                 count: int | None = None) -> None:
         # The bot never joins voice: discord.py's warnings about voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        super().__init__(intents=intents(), max_messages=None, chunk_guilds_at_startup=False)
+        super().__init__(intents=intents(), max_messages=None, chunk_guilds_at_startup=False,
+                         shard_id=shard, shard_count=count)
         self._adapter = adapter
+        self._connected = ready  # (discord.Client has a `_ready` of its own)
+        self.accepting = False  # taking new messages; False once shutdown begins
+        self.inflight = InFlight(CHANNEL)
 
     async def on_message(self, message: discord.Message) -> None:
-        self._adapter.receive(message)
+        self._adapter.receive(message, self)
 
     async def on_ready(self) -> None:
-        self._adapter.ready(f"bot {self.user}")
+        shard = "" if self.shard_id is None else f", shard {self.shard_id} of {self.shard_count}"
+        self._connected(f"bot {self.user}{shard}")
 
 
 class DiscordAdapter:
     name = CHANNEL
-    exclusive = True  # one gateway connection per bot: one replica at a time
+    exclusive = True  # one gateway connection per shard: one replica at a time
 
     def __init__(self, engine: Conversations, *, token: str, api_url: str = DEFAULT_API_URL,
                  gateway_url: str | None = None, formation: str | None = None,
-                 drain_timeout: float = 10.0, edit_interval: float = 1.0) -> None:
+                 drain_timeout: float = 10.0, edit_interval: float = 1.0,
+                 shards: int = 1) -> None:
         self.engine = engine
         self.edit_interval = edit_interval  # a streamed reply is edited at most this often
         self.api_url = api_url
         self.gateway_url = gateway_url
         self.formation = formation
         self.drain_timeout = drain_timeout
+        self.shards = shards
         self._token = token
-        self._client: _Client | None = None
-        self.accepting = False  # taking new messages; False once shutdown begins
-        self._inflight = InFlight(CHANNEL)
+        self._clients: dict[int, _Client] = {}  # shard -> its session, while it runs here
         self._order: dict[str, tuple[asyncio.Lock, int]] = {}
-        self.ready: Ready = QUIET
 
     def __repr__(self) -> str:
         return f"DiscordAdapter(api_url={self.api_url!r}, token=***)"
@@ -220,18 +236,55 @@ class DiscordAdapter:
     def routes(self) -> list[Any]:
         return []  # Discord is reached over an outbound websocket, never by HTTP calls to us
 
+    @property
+    def accepting(self) -> bool:
+        """Taking new messages on some shard; False once every session is shutting down."""
+        return any(client.accepting for client in self._clients.values())
+
     async def run(self, ready: Ready = QUIET) -> None:
-        """Connect and serve until the gateway stops or this is cancelled.
+        """Connect and serve until the gateway stops or this is cancelled: every shard, in
+        this process (`ready` once all are connected)."""
+        if self.shards == 1:
+            await self._serve(None, ready)
+            return
+        connected: set[int] = set()
+
+        def one_ready(shard: int) -> Ready:
+            def said(detail: str) -> None:
+                connected.add(shard)
+                if len(connected) == self.shards:
+                    ready(f"bot {self._clients[shard].user}, {self.shards} shards")
+            return said
+
+        sessions = [asyncio.create_task(self._serve(shard, one_ready(shard)))
+                    for shard in range(self.shards)]
+        try:
+            done, _ = await asyncio.wait(sessions, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for session in sessions:
+                session.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
+        for session in done:
+            session.result()  # a shard that stopped says why (a rejected token, …)
+
+    async def run_shard(self, shard: int, ready: Ready = QUIET) -> None:
+        """Connect shard `shard` (of `shards`) and serve it until cancelled."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"discord: no shard {shard} of {self.shards}")
+        await self._serve(shard if self.shards > 1 else None, ready)
+
+    async def _serve(self, shard: int | None, ready: Ready) -> None:
+        """One gateway session until it stops or this is cancelled.
 
         On the way out new messages are no longer taken, replies in flight get
         `drain_timeout` seconds to be sent, and only then is the client closed (the replies
         need its HTTP session).
         """
-        self.ready = ready
         apply_urls(self.api_url, self.gateway_url)
-        client = _Client(self)
-        self._client = client
-        self.accepting = True
+        client = _Client(self, ready, shard, None if shard is None else self.shards)
+        key = shard or 0
+        self._clients[key] = client
+        client.accepting = True
         try:
             await client.start(self._token)
         except discord.PrivilegedIntentsRequired:
@@ -240,21 +293,22 @@ class DiscordAdapter:
             raise AdapterConfigError(
                 "discord: Discord rejected channels.discord.token (401 Unauthorized)") from None
         finally:
-            self.accepting = False
+            client.accepting = False
             try:
-                await self._inflight.drain(self.drain_timeout)
+                await client.inflight.drain(self.drain_timeout)
             finally:
-                self._client = None
+                if self._clients.get(key) is client:
+                    del self._clients[key]
                 await client.close()
 
-    def receive(self, message: discord.Message) -> None:
-        """Take one gateway message; answering it runs as its own task."""
-        client = self._client
-        if not self.accepting or client is None or client.user is None:
+    def receive(self, message: discord.Message, client: _Client) -> None:
+        """Take one gateway message from the session `client`; answering it runs as its
+        own task, which that session's shutdown waits for."""
+        if not client.accepting or client.user is None:
             return
         inbound = to_inbound(message, client.user.id, formation=self.formation)
         if inbound is not None:
-            self._inflight.spawn(self._answer(client, message, inbound))
+            client.inflight.spawn(self._answer(client, message, inbound))
 
     async def _answer(self, client: _Client, message: discord.Message,
                       inbound: InboundMessage) -> None:
@@ -294,9 +348,11 @@ class DiscordAdapter:
                      user_id=reply.user_id, request_id=reply.request_id)
 
     async def deliver(self, message: OutboundMessage) -> None:
-        """Say something unprompted in the channel whose id is `message.conversation`."""
-        client = self._client
-        if client is None or client.is_closed() or client.user is None:
+        """Say something unprompted in the channel whose id is `message.conversation`.
+        Any connected shard will do: a post goes over REST, whichever shard the channel is on."""
+        client = next((c for c in self._clients.values()
+                       if not c.is_closed() and c.user is not None), None)
+        if client is None:
             raise RuntimeError("discord: not connected; the message was not delivered")
         if not message.conversation.isdigit():
             raise ValueError(f"discord: a conversation is a channel id, "
@@ -379,9 +435,14 @@ def create(config: Mapping[str, Any], engine: Conversations) -> DiscordAdapter:
         raise AdapterConfigError("channels.discord.api_url must be an http(s) URL")
     if gateway_url is not None and not gateway_url.startswith(("wss://", "ws://")):
         raise AdapterConfigError("channels.discord.gateway_url must be a ws(s) URL")
+    shards = config.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise AdapterConfigError(
+            f"channels.discord.shards must be a whole number from 1 to {MAX_SHARDS}")
     return DiscordAdapter(
         engine, token=token, api_url=api_url.rstrip("/"), gateway_url=gateway_url,
         formation=setting(config, CHANNEL, "formation"),
         drain_timeout=number(config, CHANNEL, "drain_timeout", 10.0),
         edit_interval=number(config, CHANNEL, "edit_interval", 1.0),
+        shards=shards,
     )

@@ -94,7 +94,7 @@ def inbound_from_event(body: Mapping[str, Any], *, bot_user_id: str | None,
     return InboundMessage(
         channel=CHANNEL,
         identifier=(user, "slack"),
-        conversation=conversation_key(channel, None if direct else thread_ts),
+        conversation=conversation_key(str(channel), None if direct else thread_ts),
         text=text,
         # Slack's retries of one event carry the same event_id; the engine answers it once.
         message_id=body.get("event_id") or event.get("client_msg_id") or f"{channel}:{ts}",

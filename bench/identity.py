@@ -102,7 +102,7 @@ async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
 
 
 async def load(db: PostgresDatabase, total: int) -> None:
-    async with db.pool.acquire() as conn:
+    async with db.reading() as conn:
         for done in range(0, total, LOAD_BATCH):
             size = min(LOAD_BATCH, total - done)
             await conn.execute(_LOAD, FORMATION, size, timeout=LONG)
@@ -174,7 +174,7 @@ async def uncached(db: PostgresDatabase, ids: list[int], total: int,
                    warmup: int) -> dict[str, float]:
     """`ids` were never resolved in this process: every resolve misses the cache."""
     service = make_service(db)
-    async with db.pool.acquire() as conn:
+    async with db.reading() as conn:
         lookup = await conn.prepare("SELECT public_id FROM users WHERE id = $1")
         t = await interleaved({
             "resolve": (lambda name: service.resolve(FORMATION, name), [email(n) for n in ids]),
@@ -203,7 +203,7 @@ async def raw_creation(db: PostgresDatabase, count: int) -> float:
     pending = iter(range(count))
 
     async def worker() -> None:
-        async with db.pool.acquire() as conn:
+        async with db.reading() as conn:
             for n in pending:
                 async with conn.transaction():
                     row = await conn.fetchval(

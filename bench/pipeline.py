@@ -57,7 +57,7 @@ async def raw_lookups(db: Database, count: int, concurrency: int) -> float:
 
     async def worker(picks: list[int]) -> None:
         if isinstance(db, PostgresDatabase):
-            async with db.pool.acquire() as conn:
+            async with db.reading() as conn:
                 lookup = await conn.prepare(sql)
                 for pk in picks:
                     await lookup.fetchval(pk)

@@ -71,10 +71,7 @@ class BoundedMemoryCache(BaseCache):  # type: ignore[misc]  # aiocache is untype
                    _conn: Any = None) -> Any:
         if _cas_token is not None and _cas_token != self._live(key):
             return 0
-        self._data[key] = (value, time.monotonic() + ttl if ttl else 0.0)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        self.put(key, value, ttl)
         return True
 
     async def _multi_set(self, pairs: Iterable[tuple[str, Any]], ttl: Any = None,
@@ -116,6 +113,12 @@ class BoundedMemoryCache(BaseCache):  # type: ignore[misc]  # aiocache is untype
 
     def peek(self, key: str) -> Any:
         return self._live(key)
+
+    def put(self, key: str, value: Any, ttl: float | None) -> None:
+        self._data[key] = (value, time.monotonic() + ttl if ttl else 0.0)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
 
     def drop(self, key: str) -> None:
         self._data.pop(key, None)
@@ -257,7 +260,7 @@ class IdentityCache:
         if not ok or not _found(value):
             return None
         if self._local_usable() and generation == self._generation:
-            await self.local.set(key, value, ttl=self.ttl)  # type: ignore[union-attr]
+            self.local.put(key, value, self.ttl)  # type: ignore[union-attr]
         return value  # type: ignore[no-any-return]
 
     async def fill(
@@ -266,9 +269,9 @@ class IdentityCache:
         """Load from the database and cache the answer unless a change raced with us."""
         key = self.key(formation, identifier_key)
         generation = self._generation
-        token = _PENDING + uuid.uuid4().hex
         pending = False
         if self._remote_usable():
+            token = _PENDING + uuid.uuid4().hex
             pending, _ = await self._remote(lambda r: r.set(key, token, ttl=_PENDING_TTL))
         value = await load()
         if value is None:
@@ -279,7 +282,7 @@ class IdentityCache:
                 lambda r: r.set(key, value, ttl=self.ttl, _cas_token=token))
             stored = ok and bool(done)
         if stored and self._local_usable() and generation == self._generation:
-            await self.local.set(key, value, ttl=self.ttl)  # type: ignore[union-attr]
+            self.local.put(key, value, self.ttl)  # type: ignore[union-attr]
         return value
 
     async def invalidate(self, formation: str, identifier_keys: Iterable[str]) -> None:

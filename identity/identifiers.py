@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import hmac
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -180,6 +179,11 @@ def _split(raw: Any) -> tuple[Any, Any]:
     )
 
 
+# Unicode categories Cc (controls) and Cs (surrogates), as one character class: a regular
+# expression scans a value far faster than a category lookup per character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _clean_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidIdentifierError(
@@ -190,7 +194,7 @@ def _clean_value(value: Any) -> str:
         raise InvalidIdentifierError("identifier is empty")
     if len(value) > MAX_LENGTH:
         raise InvalidIdentifierError(f"identifier is longer than {MAX_LENGTH} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+    if _CONTROL.search(value):
         raise InvalidIdentifierError("identifier contains control characters")
     if value.lower() in _JUNK:
         raise InvalidIdentifierError(f"{value!r} is a placeholder, not an identifier")

@@ -54,10 +54,8 @@ MergeHook = Callable[[Any, str, str], Awaitable[Mapping[str, Any] | None]]
 # again and has its identifiers back.
 UnmergeHook = Callable[[Any, MergeRecord], Awaitable[None]]
 
-_LOOKUP = (
-    "SELECT u.public_id FROM user_identifiers i JOIN users u ON u.id = i.user_id"
-    " WHERE i.formation_id = $1 AND i.identifier = $2"
-)
+# `owner` is the owner's public id, kept by a trigger (migration 0006): no join.
+_LOOKUP = "SELECT owner FROM user_identifiers WHERE formation_id = $1 AND identifier = $2"
 _INSERT_USER = "INSERT INTO users (formation_id, public_id) VALUES ($1, $2) RETURNING id"
 _INSERT_IDENTIFIER = (
     "INSERT INTO user_identifiers (formation_id, user_id, identifier, type) VALUES ($1, $2, $3, $4)"

@@ -152,7 +152,8 @@ class _OnnxRunner:
         dims = {0: "batch", 1: "tokens"}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on tracing, not ours
-            torch.onnx.export(Hidden(), (sample["input_ids"], sample["attention_mask"]), graph,
+            torch.onnx.export(Hidden(), (sample["input_ids"], sample["attention_mask"]),
+                              graph,  # type: ignore[arg-type]  # a file object works too
                               input_names=["ids", "mask"], output_names=["hidden"],
                               dynamic_axes={"ids": dims, "mask": dims, "hidden": dims},
                               opset_version=17, dynamo=False)

@@ -28,6 +28,12 @@ _TERM = re.compile(r"[^\W_]+")
 # What the best full-text match adds to a cosine similarity in hybrid ranking.
 _WORDS_WEIGHT = 0.05
 Mode = Literal["fts", "vector", "hybrid"]
+# PostgreSQL's full-text ranking of a user's memories ($1 user, $2 terms joined by " | ",
+# $3 how many); `memory.turns` reads it with a turn's context.
+WORDS_PG = ("SELECT id, content, metadata, created_at FROM memories"
+            " WHERE user_id = $1 AND search @@ to_tsquery('english', $2)"
+            " ORDER BY ts_rank(search, to_tsquery('english', $2)) DESC, created_at DESC"
+            " LIMIT $3")
 
 
 class UserMemory:
@@ -150,23 +156,27 @@ class UserMemory:
         return [Memory(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
     async def search_memories(self, user_id: str, query: str, limit: int = 5, *,
-                              mode: Mode = "hybrid") -> list[Memory]:
+                              mode: Mode = "hybrid",
+                              by_words: list[Memory] | None = None) -> list[Memory]:
         """The user's memories most relevant to `query`, best first. Only this user's
         memories are ever searched.
 
         Full-text: SQLite FTS5 ranked by bm25, PostgreSQL full-text search ranked by
         ts_rank. With an embedder, also by cosine similarity of the query's vector to each
         memory's, and the two rankings fused (`hybrid`, the default); if the embedder
-        fails, full-text alone."""
+        fails, full-text alone. `by_words`: the full-text ranking, when the caller read it
+        already (a turn reads it with its context)."""
         depth = max(limit * 4, 20)  # each ranking offers more than it keeps
         by_meaning: list[tuple[Memory, float]] = []
         if mode == "fts" or self.embedder is None:
-            by_words = await self._search_words(user_id, query, depth)
+            if by_words is None:
+                by_words = await self._search_words(user_id, query, depth)
         else:
             # Embedding the question is most of the time: the database reads (the word
             # ranking and the user's vectors) run while the model works.
             words, vectors, asked = await asyncio.gather(
-                self._search_words(user_id, query, depth) if mode != "vector" else _none(),
+                _given([]) if mode == "vector" else _given(by_words) if by_words is not None
+                else self._search_words(user_id, query, depth),
                 self._vectors(user_id), self.embed([query]))
             by_words = words
             if asked[0] is not None and vectors.memories:
@@ -190,17 +200,11 @@ class UserMemory:
         return [found[i] for i in best]
 
     async def _search_words(self, user_id: str, query: str, limit: int) -> list[Memory]:
-        words = [w for w in dict.fromkeys(_TERM.findall(query.lower()))
-                 if w not in _STOP_WORDS][:12]
+        words = search_terms(query)
         if not words:
             return []
         if self.db.dialect == "postgres":
-            rows = await self.db.fetch(
-                "SELECT id, content, metadata, created_at FROM memories"
-                " WHERE user_id = $1 AND search @@ to_tsquery('english', $2)"
-                " ORDER BY ts_rank(search, to_tsquery('english', $2)) DESC, created_at DESC"
-                " LIMIT $3",
-                user_id, " | ".join(words), limit)
+            rows = await self.db.fetch(WORDS_PG, user_id, " | ".join(words), limit)
         else:
             rows = await self.db.fetch(
                 "SELECT m.id, m.content, m.metadata, m.created_at FROM memories_fts"
@@ -331,8 +335,13 @@ def build_synopsis(facts: list[Fact], memories: list[Memory]) -> str:
     return " ".join(parts)[:1000]
 
 
-async def _none() -> list[Memory]:
-    return []
+def search_terms(query: str) -> list[str]:
+    """The words of a question that full-text search looks for (at most twelve)."""
+    return [w for w in dict.fromkeys(_TERM.findall(query.lower())) if w not in _STOP_WORDS][:12]
+
+
+async def _given(memories: list[Memory]) -> list[Memory]:
+    return memories
 
 
 class UserVectors:

@@ -26,7 +26,7 @@ from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.messages import OutboundMessage
 from gateway.conversation.responders.base import Changes, Context, Response
 from gateway.conversation.scheduler import Scheduler
-from gateway.runtime.supervisor import AdapterConfigError
+from gateway.runtime.supervisor import AdapterConfigError, Supervisor
 from tests.helpers.responders import Gated, streaming_model
 from tests.peers.discord import (
     ALICE_ID,
@@ -36,6 +36,8 @@ from tests.peers.discord import (
     GUILD_CHANNEL_ID,
     MESSAGE_CONTENT,
     DiscordPeer,
+    guild_on_shard,
+    shard_of,
 )
 
 TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.GtEsT0.threadline-test-token"
@@ -268,6 +270,97 @@ async def test_deliver_splits_and_sends_to_the_channel_id(peer, bot):
         await bot.deliver(OutboundMessage("discord", "general", "hi", "usr_x"))
 
 
+# -- shards -----------------------------------------------------------------------------------
+
+
+def guilds_on_every_shard(peer: DiscordPeer, count: int) -> list[str]:
+    """One guild (with a channel of its own) per shard; shard i's guild is the i-th."""
+    guilds = [guild_on_shard(shard, count) for shard in range(count)]
+    for shard, guild in enumerate(guilds):
+        peer.add_guild(guild, str(int(GUILD_CHANNEL_ID) + 100 + shard))
+    return guilds
+
+
+async def test_with_shards_every_shard_connects_and_each_guild_is_answered_on_its_own(
+        peer, engine):
+    guilds = guilds_on_every_shard(peer, 4)
+    adapter = create(settings(peer, shards=4), engine)
+    said: list[str] = []
+    task = asyncio.create_task(adapter.run(said.append))
+    try:
+        await peer.wait_for(lambda: peer.ready == 4)
+        assert peer.live() == {0: 1, 1: 1, 2: 1, 3: 1}
+        assert sorted(tuple(i["shard"]) for i in peer.identifies) == [(i, 4) for i in range(4)]
+        asked = [f"15000000000000003{shard:02d}" for shard in range(4)]
+        for guild, message_id in zip(guilds, asked, strict=True):
+            await peer.push(peer.guild_message(guild, message_id))
+        await peer.push(peer.message("message_create_dm"))  # direct messages: shard 0
+        await peer.wait_for(lambda: len(peer.posts) == 5)
+        assert sorted(peer.answered()) == asked
+        replied_in = {channel for channel, _ in peer.posts}
+        assert replied_in == {DM_CHANNEL_ID, *(peer.guilds[guild] for guild in guilds)}
+        await until(lambda: said)  # once every shard's guilds have arrived
+        assert said == ["bot threadline#0001, 4 shards"]
+    finally:
+        await stop(task)
+    assert peer.live() == {}
+
+
+async def test_a_shard_answers_only_its_own_guilds(peer, engine):
+    guilds = guilds_on_every_shard(peer, 4)
+    assert [shard_of(guild, 4) for guild in guilds] == [0, 1, 2, 3]
+    adapter = create(settings(peer, shards=4), engine)
+    async with asyncio.timeout(WAIT):
+        shard = asyncio.create_task(adapter.run_shard(2))
+        await peer.wait_for(lambda: peer.ready)
+    try:
+        assert peer.live() == {2: 1} and peer.identifies[0]["shard"] == [2, 4]
+        for n, guild in enumerate(guilds):  # Discord sends each to its shard only
+            await peer.push(peer.guild_message(guild, f"150000000000000040{n}"))
+        await peer.wait_for(lambda: peer.posts)
+        await asyncio.sleep(0.3)  # room for a wrong answer to show
+        assert peer.answered() == ["1500000000000000402"]
+    finally:
+        await stop(shard)
+
+
+async def test_on_one_process_the_supervisor_runs_every_shard_and_reports_them(peer, engine):
+    """SQLite and one replica: every shard runs here, each with its state."""
+    guilds = guilds_on_every_shard(peer, 3)
+    supervisor = Supervisor()
+    supervisor.add(create(settings(peer, shards=3), engine))
+    supervisor.start()
+    try:
+        await until(lambda: supervisor.is_up("discord"))
+        report = supervisor.states["discord"].report()
+        assert report["detail"] == "running shards 0,1,2 of 3"
+        assert {shard: state["status"] for shard, state in report["shards"].items()} == {
+            "0": "up", "1": "up", "2": "up"}
+        assert report["shards"]["1"]["detail"] == "bot threadline#0001, shard 1 of 3"
+        assert peer.live() == {0: 1, 1: 1, 2: 1}
+        for n, guild in enumerate(guilds):
+            await peer.push(peer.guild_message(guild, f"150000000000000050{n}"))
+        await peer.wait_for(lambda: len(peer.posts) == 3)
+        assert sorted(peer.answered()) == [f"150000000000000050{n}" for n in range(3)]
+    finally:
+        await supervisor.stop()
+    assert supervisor.states["discord"].report()["detail"] == "shut down"
+    assert peer.live() == {}
+
+
+async def test_a_rejected_token_stops_every_shard_with_the_reason(peer, engine):
+    supervisor = Supervisor()
+    supervisor.add(create(settings(peer, shards=2, token="not-the-token"), engine))
+    supervisor.start()
+    try:
+        await until(lambda: supervisor.states["discord"].status == "stopped")
+        report = supervisor.states["discord"].report()
+        assert report["detail"] == "bad credentials or settings"
+        assert "channels.discord.token" in report["last_error"]
+    finally:
+        await supervisor.stop()
+
+
 # -- shutdown ---------------------------------------------------------------------------------
 
 
@@ -360,6 +453,9 @@ async def test_a_rejected_token_is_a_config_error_naming_the_setting(peer):
     ({"token": "t", "api_url": "discord.com"}, "channels.discord.api_url"),
     ({"token": "t", "gateway_url": "https://gateway.discord.gg"}, "channels.discord.gateway_url"),
     ({"token": "t", "drain_timeout": "soon"}, "channels.discord.drain_timeout"),
+    ({"token": "t", "shards": 0}, "channels.discord.shards"),
+    ({"token": "t", "shards": "4"}, "channels.discord.shards"),
+    ({"token": "t", "shards": 2.5}, "channels.discord.shards"),
 ])
 def test_bad_settings_name_the_setting(config, named):
     with pytest.raises(AdapterConfigError, match=named):

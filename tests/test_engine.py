@@ -207,7 +207,7 @@ async def test_credentials_are_not_stored_in_plain_text(engine, db):
     assert (await engine.memory.credentials.reveal(user, cred.id)) == {
         "token": "ghp_SECRETVALUE123"}
     if isinstance(db, PostgresDatabase):
-        async with db.pool.acquire() as conn:
+        async with db.reading() as conn:
             dump = str(await conn.fetch("SELECT * FROM credentials"))
         assert "SECRETVALUE" not in dump
     else:
@@ -340,6 +340,34 @@ async def test_a_claim_left_by_a_dead_process_is_taken_over_after_the_lease(engi
     async with engine.memory.claims.db.transaction() as tx:
         await claims.complete(tx, key, second.token, {"text": "hi"}, sent=True)
     assert (await claims.claim(key, lease=0.0)).state == "sent"
+
+
+async def test_a_turn_whose_claim_was_taken_over_writes_none_of_its_changes(engine):
+    """Another process took the message over while the model was answering: this turn's
+    facts, preferences, notes, messages and synopsis are all left unwritten."""
+    web = InMemoryChannel(engine, "web")
+    first = await web.push("a@x.co", "my budget is $5")  # the session exists from here
+    real = engine.responder
+
+    class TakenOver:
+        name = "taken-over"
+
+        async def respond(self, context, changes) -> Response:
+            key = MessageKey(engine.formation, "web", "m-late")
+            await engine.memory.claims.claim(key, lease=0.0)  # the other process's claim
+            return await real.respond(context, changes)
+
+    engine.responder = TakenOver()
+    text = "my budget is $9. I prefer long answers. remember that the demo is on Friday"
+    assert await web.push("a@x.co", text, message_id="m-late") is None
+    engine.responder = real
+    users = engine.memory.users
+    assert (await users.get_fact(first.user_id, "budget")).value == "$5"
+    assert [f.key for f in await users.facts(first.user_id, "preference")] == []
+    assert await users.search_memories(first.user_id, "demo Friday") == []
+    assert "long answers" not in await users.synopsis(first.user_id)
+    buffer = await engine.memory.sessions.buffer(first.session_id)
+    assert [m.content for m in buffer] == ["my budget is $5", first.text]
 
 
 async def test_a_turn_whose_reply_was_never_said_is_said_on_redelivery_without_a_second_turn(

@@ -177,6 +177,6 @@ async def test_concurrent_batches_for_new_identifiers_make_one_user(identity, fo
 
 async def _all_identifier_values(db) -> list[str]:
     if isinstance(db, PostgresDatabase):
-        async with db.pool.acquire() as conn:
+        async with db.reading() as conn:
             return [r[0] for r in await conn.fetch("SELECT identifier FROM user_identifiers")]
     return [r[0] for r in await db.fetchall("SELECT identifier FROM user_identifiers")]

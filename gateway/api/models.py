@@ -26,6 +26,9 @@ class ChannelReport(BaseModel):
     detail: str | None = None
     last_error: str | None = None
     failures: int | None = None
+    shards: dict[str, ChannelReport] | None = Field(
+        None, description="A sharded channel (Discord with `shards`): each shard's own "
+                          "report, by shard number, for the shards this replica runs")
 
 
 class ResponderReport(Probe):

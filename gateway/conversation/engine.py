@@ -241,8 +241,9 @@ class Engine:
                         pieces: _Pieces | None = None) -> Reply:
         memory, channel, text = self.memory, message.channel, message.text
         session, loaded = await memory.turns.open(user_id, formation, channel,
-                                                  message.conversation)
-        relevant = await memory.users.search_memories(user_id, text) if loaded.recent else []
+                                                  message.conversation, text)
+        relevant = await memory.users.search_memories(
+            user_id, text, by_words=loaded.by_words) if loaded.recent else []
         at = now()
         context = Context(user_id, formation, channel, text, session, loaded.synopsis,
                           loaded.facts, relevant, loaded.recent, loaded.working, loaded.buffer,

@@ -5,14 +5,19 @@ On PostgreSQL a lease is a session advisory lock held on a connection of the lea
 own: when its process dies the connection closes and PostgreSQL frees the lock, and a
 waiting replica takes it within `interval` seconds. A keeper that loses its connection
 loses every lease at once and stops the work they guard. On SQLite (one serving process)
-every lease is granted."""
+every lease is granted.
+
+A group of leases can be spread across the replicas (see `gateway.runtime.shards`): each
+replica that runs the group is a member, shown by a shared advisory lock of its keeper, and
+`roster` reads from `pg_locks` who the members are and who holds which lease."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -42,20 +47,59 @@ class LocalLeases:
         return None
 
 
+@dataclass(frozen=True)
+class Roster:
+    """Who runs a group of leases, as PostgreSQL sees it now. Replicas are named by their
+    keeper connection's backend pid."""
+
+    me: int
+    members: Mapping[int, float]  # replica -> seconds since its keeper last said anything
+    holders: Mapping[str, int]  # lease name -> the replica holding it (held ones only)
+
+
+# Advisory locks held in this database, keyed as pg_try_advisory_lock(bigint) keys them:
+# the high half in classid, the low half in objid (objsubid 1).
+_ROSTER = """
+WITH keys(name, k) AS (
+    SELECT n, hashtext('threadline:lease:' || n)::bigint FROM unnest($2::text[]) AS n
+    UNION ALL SELECT NULL, hashtext('threadline:members:' || $1)::bigint
+)
+SELECT keys.name, l.pid,
+       coalesce(extract(epoch FROM now() - a.state_change), 0)::float8 AS quiet
+FROM keys
+JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+ AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ AND l.classid::bigint = (keys.k >> 32) & 4294967295 AND l.objid::bigint = keys.k & 4294967295
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+"""
+
+_JOIN = "SELECT pg_advisory_lock_shared(hashtext('threadline:members:' || $1))"
+_LEAVE = "SELECT pg_advisory_unlock_shared(hashtext('threadline:members:' || $1))"
+
+
 class PostgresLeases:
     def __init__(self, url: str, *, interval: float = 1.0) -> None:
         self.url, self.interval = url, interval
         self._conn: Any = None
         self._lock = asyncio.Lock()  # one statement at a time on the keeper's connection
-        self._lost: dict[str, asyncio.Event] = {}
+        # Held leases: the connection holding each, and the event set when it is lost.
+        self._lost: dict[str, tuple[Any, asyncio.Event]] = {}
+        self._groups: set[str] = set()  # groups this replica is a member of
         self._watch: asyncio.Task[None] | None = None
 
     async def _connection(self) -> Any:
         import asyncpg
 
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.url, timeout=5)
-            self._watch = asyncio.create_task(self._watch_connection(self._conn))
+            conn = await asyncpg.connect(self.url, timeout=5)
+            try:
+                for group in self._groups:  # a new connection is a member again at once
+                    await conn.execute(_JOIN, group)
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
+            self._watch = asyncio.create_task(self._watch_connection(conn))
         return self._conn
 
     async def _watch_connection(self, conn: Any) -> None:
@@ -66,27 +110,45 @@ class PostgresLeases:
                 async with self._lock:
                     await conn.execute("SELECT 1", timeout=max(self.interval, 2.0))
             except Exception as exc:  # noqa: BLE001 - any failure: the locks are gone
+                # Not the leases taken on a newer connection meanwhile.
+                gone = sorted(name for name, (holder, _) in self._lost.items() if holder is conn)
                 log.warning("lease connection lost; giving up held work",
-                            leases=sorted(self._lost), error=f"{type(exc).__name__}: {exc}")
-                for lost in self._lost.values():
-                    lost.set()
-                self._lost.clear()
+                            leases=gone, error=f"{type(exc).__name__}: {exc}")
+                for name in gone:
+                    self._lost.pop(name)[1].set()
                 with contextlib.suppress(Exception):
                     conn.terminate()
                 return
 
-    async def _try(self, name: str) -> bool:
+    async def take(self, name: str) -> asyncio.Event | None:
+        """Take the lease `name` if it is free: an event set when it is lost, else None."""
         async with self._lock:
             conn = await self._connection()
-            return bool(await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtext('threadline:lease:' || $1))", name))
+            if not await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext('threadline:lease:' || $1))", name):
+                return None
+            lost = asyncio.Event()
+            self._lost[name] = (conn, lost)  # before the watch can look again
+            return lost
+
+    async def release(self, name: str, lost: asyncio.Event) -> None:
+        """Give back a lease `take` gave (nothing to do once it is lost)."""
+        held = self._lost.get(name)
+        if held is None or held[1] is not lost:
+            return
+        del self._lost[name]
+        with contextlib.suppress(Exception):
+            async with self._lock:
+                await held[0].execute(
+                    "SELECT pg_advisory_unlock(hashtext('threadline:lease:' || $1))", name)
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[asyncio.Event]:
         waited, warned = False, -WARN_EVERY
         while True:
             try:
-                if await self._try(name):
+                lost = await self.take(name)
+                if lost is not None:
                     break
                 if not waited:
                     waited = True
@@ -98,19 +160,43 @@ class PostgresLeases:
                     log.warning("cannot ask for a lease", lease=name,
                                 error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.interval)
-        lost = asyncio.Event()
-        self._lost[name] = lost
         log.info("lease taken", lease=name)
         try:
             yield lost
         finally:
-            self._lost.pop(name, None)
-            if not lost.is_set():
-                with contextlib.suppress(Exception):
-                    async with self._lock:
-                        await self._conn.execute(
-                            "SELECT pg_advisory_unlock(hashtext('threadline:lease:' || $1))",
-                            name)
+            await self.release(name, lost)
+
+    async def join(self, group: str) -> None:
+        """Count this replica among the members of `group` while its keeper is connected."""
+        if group in self._groups:
+            return
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.is_closed():
+                await conn.execute(_JOIN, group)
+                self._groups.add(group)
+            else:
+                self._groups.add(group)
+                await self._connection()  # joins every group as it connects
+
+    async def leave(self, group: str) -> None:
+        if group not in self._groups:
+            return
+        self._groups.discard(group)
+        with contextlib.suppress(Exception):
+            async with self._lock:
+                if self._conn is not None and not self._conn.is_closed():
+                    await self._conn.execute(_LEAVE, group)
+
+    async def roster(self, group: str, names: list[str]) -> Roster:
+        """The members of `group` and the holders of the leases `names`, in one read."""
+        async with self._lock:
+            conn = await self._connection()
+            rows = await conn.fetch(_ROSTER, group, names, timeout=max(self.interval, 2.0))
+            me = conn.get_server_pid()
+        members = {row["pid"]: row["quiet"] for row in rows if row["name"] is None}
+        holders = {row["name"]: row["pid"] for row in rows if row["name"] is not None}
+        return Roster(me, members, holders)
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -126,6 +212,29 @@ def make_leases(db: Any) -> Leases:
     return LocalLeases()
 
 
+async def until_lost(work: Any, lost: asyncio.Event) -> bool:
+    """Run `work()` until it returns (True; its exception is raised) or the lease is lost
+    (False: it has been stopped). Cancelled: the work is stopped first."""
+    task = asyncio.create_task(work())
+    waiter = asyncio.create_task(lost.wait())
+    try:
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
+    waiter.cancel()
+    if task in done:
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return False
+
+
 async def run_under(leases: Leases, name: str, work: Any, *,
                     standby: Callable[[], None] | None = None) -> None:
     """Run `work()` (a coroutine function) whenever this replica holds the lease; when the
@@ -135,21 +244,6 @@ async def run_under(leases: Leases, name: str, work: Any, *,
         if standby is not None:
             standby()
         async with leases.hold(name) as lost:
-            task = asyncio.create_task(work())
-            waiter = asyncio.create_task(lost.wait())
-            try:
-                done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                task.cancel()
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                raise
-            waiter.cancel()
-            if task in done:
-                task.result()  # the work ended by itself (or raised): the caller decides
-                return
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if await until_lost(work, lost):
+                return  # the work ended by itself (or raised): the caller decides
             log.warning("lease lost; work stopped until it is held again", lease=name)

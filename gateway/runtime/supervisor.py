@@ -11,18 +11,19 @@ import asyncio
 import importlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from gateway.conversation.engine import describe
-from gateway.conversation.ports import Adapter, AdapterConfigError, Conversations
+from gateway.conversation.ports import Adapter, AdapterConfigError, Conversations, Ready
 from gateway.runtime.leases import Leases, LocalLeases, run_under
+from gateway.runtime.shards import ShardedAdapter, ShardedState, run_shards
 from memory.lifecycle import iso
 
-__all__ = ["AdapterConfigError", "ChannelState", "Supervisor", "load_adapter"]
+__all__ = ["AdapterConfigError", "ChannelState", "ShardedState", "Supervisor", "load_adapter"]
 
 log = structlog.get_logger("threadline.channels")
 
@@ -67,6 +68,11 @@ class ChannelState:
         return out
 
 
+def _shards(adapter: Adapter) -> int:
+    """How many shards an exclusive adapter is cut into (`shards`, 1 when it says nothing)."""
+    return int(getattr(adapter, "shards", 1)) if adapter.exclusive else 1
+
+
 class Supervisor:
     """Runs each adapter in its own task. A network failure is retried with capped
     exponential backoff; refused credentials stop the channel with a report. Neither
@@ -78,12 +84,14 @@ class Supervisor:
         self.max_delay = max_delay
         self.leases: Leases = leases or LocalLeases()
         self.adapters: dict[str, Adapter] = {}
-        self.states: dict[str, ChannelState] = {}
+        self.states: dict[str, ChannelState | ShardedState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def add(self, adapter: Adapter) -> None:
         self.adapters[adapter.name] = adapter
-        self.states[adapter.name] = ChannelState(adapter.name)
+        count = _shards(adapter)
+        self.states[adapter.name] = (ShardedState(adapter.name, count) if count > 1
+                                     else ChannelState(adapter.name))
 
     def is_up(self, name: str) -> bool:
         state = self.states.get(name)
@@ -108,29 +116,56 @@ class Supervisor:
                                                         name=f"channel:{name}")
 
     async def _keep(self, adapter: Adapter) -> None:
-        if not adapter.exclusive:
-            await self._keep_running(adapter)
-            return
         state = self.states[adapter.name]
+        if isinstance(state, ShardedState):
+            await self._keep_shards(adapter, state)
+            return
+        if not adapter.exclusive:
+            await self._keep_running(adapter.name, state, adapter.run)
+            return
 
         def standby() -> None:
             state.set("standby", "waiting for the lease: another replica runs this channel")
 
         await run_under(self.leases, f"channel:{adapter.name}",
-                        lambda: self._keep_running(adapter), standby=standby)
+                        lambda: self._keep_running(adapter.name, state, adapter.run),
+                        standby=standby)
 
-    async def _keep_running(self, adapter: Adapter) -> None:
-        state = self.states[adapter.name]
+    async def _keep_shards(self, adapter: Adapter, state: ShardedState) -> None:
+        """Each shard under a lease of its own, spread across the replicas."""
+        sharded = cast(ShardedAdapter, adapter)
+
+        async def keep(shard: int) -> None:
+            mine = state.shards[shard] = ChannelState(f"{adapter.name} shard {shard}")
+            try:
+                await self._keep_running(adapter.name, mine,
+                                         lambda ready: sharded.run_shard(shard, ready),
+                                         shard=shard)
+                state.stopped = mine  # bad credentials or settings: every shard stops
+            finally:
+                del state.shards[shard]
+
+        try:
+            await run_shards(self.leases, f"channel:{adapter.name}", state.count, keep,
+                             seen=state.see)
+        except asyncio.CancelledError:
+            state.stopped = ChannelState(adapter.name, "stopped", "shut down")
+            raise
+
+    async def _keep_running(self, name: str, state: ChannelState,
+                            run: Callable[[Ready], Awaitable[None]], *,
+                            shard: int | None = None) -> None:
+        where = {"channel": name} if shard is None else {"channel": name, "shard": shard}
 
         def ready(detail: str) -> None:
             state.set("up", detail)
-            log.info("channel up", channel=adapter.name, detail=detail or None)
+            log.info("channel up", **where, detail=detail or None)
 
         while True:
             state.set("starting")
             started = time.monotonic()
             try:
-                await adapter.run(ready)
+                await run(ready)
                 raise RuntimeError("channel stopped by itself")
             except asyncio.CancelledError:
                 state.set("stopped", "shut down")
@@ -139,7 +174,7 @@ class Supervisor:
                 state.last_error = str(exc)
                 state.set("stopped", "bad credentials or settings")
                 log.error("channel stopped: bad credentials or settings",
-                          channel=adapter.name, error=str(exc))
+                          **where, error=str(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - any other failure is retried
                 if time.monotonic() - started > self.max_delay:
@@ -149,7 +184,7 @@ class Supervisor:
                 delay = min(self.max_delay, self.base_delay * 2 ** (state.failures - 1))
                 delay *= random.uniform(0.8, 1.2)
                 state.set("retrying")
-                log.warning("channel failed; retrying", channel=adapter.name,
+                log.warning("channel failed; retrying", **where,
                             error=state.last_error, retry_in=round(delay, 1),
                             failures=state.failures)
                 await asyncio.sleep(delay)

@@ -117,9 +117,9 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int,
             break
         except InterruptedError:
             continue
-        number = children.pop(pid, None)
-        if number is None:
+        if pid not in children:
             continue
+        number = children.pop(pid)
         exit_code = os.waitstatus_to_exitcode(code)
         if stopping:  # one still starting dies of the SIGTERM itself: that is a clean stop
             status = status or int(exit_code not in (0, -signal.SIGTERM))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiosqlite
@@ -156,12 +156,26 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     no LISTEN, no SET), and asyncpg still rolls back an open transaction."""
 
 
+def _usable(conn: Any) -> bool:
+    """Open and still ours: when the server closes a connection, asyncpg hands it back to
+    the pool by itself, and then any call on it raises InterfaceError."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
         self.url = url
         self.pool = pool
+        # Connections taken from the pool and kept between statements: asyncpg's own
+        # checkout (a task per release, a timer per idle connection) costs about as much as
+        # a primary-key lookup, and a turn makes three or four of them.
+        self._idle: list[asyncpg.Connection] = []
+        self._waiting = 0  # callers waiting on the pool: a connection done with goes to them
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
@@ -179,25 +193,67 @@ class PostgresDatabase(Database):
         return cls(url, pool)
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self.pool.release(conn)
         await self.pool.close()
+
+    async def _checkout(self) -> asyncpg.Connection:
+        """A connection: one kept from earlier, else the pool's. Losing the server while
+        connecting raises DatabaseUnavailableError."""
+        while self._idle:
+            conn = self._idle.pop()
+            if _usable(conn):
+                return conn
+            await self.pool.release(conn)  # the server closed it: the pool drops it
+        self._waiting += 1
+        try:
+            return await self.pool.acquire()
+        except (OSError, TimeoutError, *_UNAVAILABLE) as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            self._waiting -= 1
+
+    def _checkin(self, conn: asyncpg.Connection) -> Awaitable[None] | None:
+        """After a clean use: keep the connection for the next statement, unless someone
+        waits on the pool (or it is closed, or mid-transaction): then the pool takes it."""
+        if self._waiting or not _usable(conn) or conn.is_in_transaction():
+            return self.pool.release(conn)
+        self._idle.append(conn)
+        return None
+
+    async def _failed(self, conn: asyncpg.Connection, exc: BaseException) -> NoReturn:
+        """Cancelled mid-statement or failed: asyncpg's release (shielded from the
+        cancellation) waits out a cancelled statement and drops a broken connection."""
+        await self.pool.release(conn)
+        if isinstance(exc, Exception) and is_connection_error(exc):
+            raise _unavailable(exc) from exc
+        raise exc
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection. Losing the server, while connecting or while using it,
         raises DatabaseUnavailableError; a connection it closed is dropped from the pool on
         release, so the next request connects afresh."""
-        try:
-            conn = await self.pool.acquire()
-        except (OSError, TimeoutError, *_UNAVAILABLE) as exc:
-            raise _unavailable(exc) from exc
+        conn = await self._checkout()
         try:
             yield conn
-        except Exception as exc:
-            if is_connection_error(exc):
-                raise _unavailable(exc) from exc
-            raise
-        finally:
-            await self.pool.release(conn)
+        except BaseException as exc:
+            await self._failed(conn, exc)
+        if (released := self._checkin(conn)) is not None:
+            await released
+
+    async def _one(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        """One statement on a connection of its own: `_connection` without the context
+        manager, since most statements a turn makes go this way."""
+        conn = await self._checkout()
+        try:
+            result = await getattr(conn, method)(sql, *args)
+        except BaseException as exc:
+            await self._failed(conn, exc)
+        if (released := self._checkin(conn)) is not None:
+            await released
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -210,12 +266,16 @@ class PostgresDatabase(Database):
             yield conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        async with self._connection() as conn:
-            await conn.execute(sql, *args)
+        await self._one("execute", sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        async with self._connection() as conn:
-            return list(await conn.fetch(sql, *args))
+        return list(await self._one("fetch", sql, args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._one("fetchrow", sql, args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._one("fetchval", sql, args)
 
     async def _applied(self, conn: asyncpg.Connection) -> set[tuple[str, int]]:
         await conn.execute(

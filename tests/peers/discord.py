@@ -7,8 +7,14 @@
     await peer.wait_for(lambda: peer.posts)
 
 Payloads come from tests/fixtures/discord/. Gateway frames are plain JSON text (no zlib).
-Every dispatch gets the next sequence number and is kept, so a RESUME replays what the client
-missed while disconnected, as Discord does.
+Every dispatch gets the next sequence number of its session and is kept, so a RESUME replays
+what the client missed while disconnected, as Discord does.
+
+Sharding as Discord does it: an IDENTIFY with `shard: [id, count]` makes that session shard
+`id` of `count`; a guild's events go to the sessions of shard (guild_id >> 22) % count and
+direct messages to shard 0. `peer.live()` says how many sessions each shard has connected
+now. `add_guild` adds a guild (sent in GUILD_CREATE to its shard); `guild_on_shard` makes a
+guild id that lands on a given shard.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import copy
 import itertools
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,33 @@ BOB_ID = "1400000000000000002"
 def fixture(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
     return data
+
+
+def shard_of(guild_id: str | int | None, count: int) -> int:
+    """The shard a guild's events go to (Discord's formula); direct messages: shard 0."""
+    return 0 if guild_id is None else (int(guild_id) >> 22) % count
+
+
+def guild_on_shard(shard: int, count: int, n: int = 0) -> str:
+    """A guild id (a snowflake near GUILD_ID's) whose events go to `shard` of `count`."""
+    base = (int(GUILD_ID) >> 22) // count * count + 1000 * count * (n + 1)
+    return str(((base + shard) << 22) | 1)
+
+
+@dataclass
+class _Session:
+    """One gateway session: its shard, and what it was sent (replayed on RESUME)."""
+
+    id: str
+    shard: int
+    count: int
+    seq: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ws: web.WebSocketResponse | None = None
+    request: web.Request | None = None
+
+    def wants(self, data: dict[str, Any]) -> bool:
+        return shard_of(data.get("guild_id"), self.count) == self.shard
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -65,13 +100,11 @@ class DiscordPeer:
         self.edits: list[tuple[str, str, dict[str, Any]]] = []  # (channel, message, body)
         self.texts: dict[str, str] = {}  # message id -> its content now
         self.url = ""
+        self.recommended_shards = 1  # what GET /gateway/bot advises
+        self.guilds: dict[str, str] = {GUILD_ID: GUILD_CHANNEL_ID}  # guild -> its text channel
         self._limit_next = 0
         self._retry_after = 0.05
-        self._seq = 0
-        self._session_id: str | None = None
-        self._events: list[dict[str, Any]] = []
-        self._ws: web.WebSocketResponse | None = None
-        self._request: web.Request | None = None
+        self._sessions: dict[str, _Session] = {}
         self._send_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1600000000000000001)
@@ -117,28 +150,51 @@ class DiscordPeer:
         data.update(changes)
         return data
 
+    def add_guild(self, guild_id: str, channel_id: str) -> None:
+        """A guild the bot is in, with one text channel; sessions identifying later get it."""
+        self.guilds[guild_id] = channel_id
+
+    def guild_message(self, guild_id: str, message_id: str, **changes: Any) -> dict[str, Any]:
+        """A mention of the bot in `guild_id`'s channel."""
+        return self.message("message_create_guild_mention", guild_id=guild_id,
+                            channel_id=self.guilds[guild_id], id=message_id, **changes)
+
+    def live(self) -> Counter[int]:
+        """Shard -> how many sessions of it are connected now."""
+        return Counter(session.shard for session in self._sessions.values()
+                       if session.ws is not None and not session.ws.closed)
+
     async def push(self, message: dict[str, Any]) -> None:
         await self.dispatch("MESSAGE_CREATE", message)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a dispatch now, or keep it for the RESUME of a dropped connection."""
+        """Send a dispatch to every session of the shard it belongs to, now, or kept for
+        the RESUME of a dropped connection."""
+        for session in list(self._sessions.values()):
+            if session.wants(data):
+                await self._send(session, event, data)
+
+    async def _send(self, session: _Session, event: str, data: dict[str, Any]) -> None:
         async with self._send_lock:
-            self._seq += 1
-            frame = {"op": 0, "t": event, "s": self._seq, "d": data}
-            self._events.append(frame)
-            if self._ws is not None and not self._ws.closed:
-                await self._ws.send_str(json.dumps(frame))
+            session.seq += 1
+            frame = {"op": 0, "t": event, "s": session.seq, "d": data}
+            session.events.append(frame)
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.send_str(json.dumps(frame))
 
     def rate_limit_next(self, count: int = 1, retry_after: float = 0.05) -> None:
         """Answer the next `count` message posts with 429 and this retry_after."""
         self._limit_next, self._retry_after = count, retry_after
 
     async def drop(self) -> None:
-        """Cut the gateway connection without a close frame, as a network failure would."""
+        """Cut the gateway connections without a close frame, as a network failure would."""
         async with self._send_lock:
-            request, self._ws, self._request = self._request, None, None
-        if request is not None and request.transport is not None:
-            request.transport.abort()
+            requests = [session.request for session in self._sessions.values()]
+            for session in self._sessions.values():
+                session.ws = session.request = None
+        for request in requests:
+            if request is not None and request.transport is not None:
+                request.transport.abort()
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> None:
         async with self._changed:
@@ -146,6 +202,11 @@ class DiscordPeer:
 
     def bodies(self, channel_id: str | None = None) -> list[dict[str, Any]]:
         return [body for cid, body in self.posts if channel_id in (None, cid)]
+
+    def answered(self) -> list[str]:
+        """The message ids replies quote, one per reply (a guild reply quotes its question)."""
+        return [str(body["message_reference"]["message_id"]) for body in self.bodies()
+                if body.get("message_reference")]
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -172,7 +233,8 @@ class DiscordPeer:
         return _json(application)
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+        return _json({"url": self.gateway_url, "shards": self.recommended_shards,
+                      "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
 
     async def _typing(self, request: web.Request) -> web.Response:
@@ -248,6 +310,11 @@ class DiscordPeer:
                 await self._identify(ws, request, payload["d"])
             elif op == 6:
                 await self._resume(ws, request, payload["d"])
+        async with self._send_lock:  # gone (closed, or the client's process died)
+            for session in self._sessions.values():
+                if session.ws is ws:
+                    session.ws = session.request = None
+        await self._notify()
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, request: web.Request,
@@ -260,31 +327,48 @@ class DiscordPeer:
             await self._notify()
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return
-        async with self._send_lock:
-            self._ws, self._request = ws, request
-            self._seq, self._events = 0, []
-            self._session_id = uuid.uuid4().hex
+        shard, count = data.get("shard") or (0, 1)
+        if not (isinstance(shard, int) and isinstance(count, int) and 0 <= shard < count):
+            await ws.close(code=4010, message=b"Invalid shard.")
+            return
+        session = _Session(uuid.uuid4().hex, shard, count, ws=ws, request=request)
+        self._sessions[session.id] = session
+        guilds = [guild for guild in self.guilds if shard_of(guild, count) == shard]
         ready = fixture("ready")["d"]
-        ready.update(session_id=self._session_id, resume_gateway_url=self.gateway_url)
-        await self.dispatch("READY", ready)
+        ready.update(session_id=session.id, resume_gateway_url=self.gateway_url,
+                     guilds=[{"id": guild, "unavailable": True} for guild in guilds])
+        if data.get("shard"):
+            ready["shard"] = [shard, count]
+        await self._send(session, "READY", ready)
         if self.send_guild_create:
-            await self.dispatch("GUILD_CREATE", fixture("guild_create")["d"])
+            for guild in guilds:
+                await self._send(session, "GUILD_CREATE", self._guild_create(guild))
         self.ready += 1
         await self._notify()
+
+    def _guild_create(self, guild_id: str) -> dict[str, Any]:
+        guild = fixture("guild_create")["d"]
+        if guild_id != guild["id"]:
+            channel_id = self.guilds[guild_id]
+            guild.update(id=guild_id, name=f"Guild {guild_id}", system_channel_id=channel_id,
+                         channels=[dict(guild["channels"][0], id=channel_id)],
+                         roles=[dict(guild["roles"][0], id=guild_id)])
+        return guild
 
     async def _resume(self, ws: web.WebSocketResponse, request: web.Request,
                       data: dict[str, Any]) -> None:
         if data.get("token") != self.token:
             await ws.close(code=4004, message=b"Authentication failed.")
             return
-        if data.get("session_id") != self._session_id:
+        session = self._sessions.get(data.get("session_id") or "")
+        if session is None:
             await ws.send_str(json.dumps({"op": 9, "d": False}))
             return
         self.resumes.append(data)
         async with self._send_lock:
-            for frame in self._events:
+            for frame in session.events:
                 if frame["s"] > (data.get("seq") or 0):
                     await ws.send_str(json.dumps(frame))
-            self._ws, self._request = ws, request
-        await self.dispatch("RESUMED", {})
+            session.ws, session.request = ws, request
+        await self._send(session, "RESUMED", {})
         await self._notify()
