@@ -218,7 +218,7 @@ class PostgresDatabase(Database):
         """After a clean use: keep the connection for the next statement, unless someone
         waits on the pool (or it is closed, or mid-transaction): then the pool takes it."""
         if self._waiting or not _usable(conn) or conn.is_in_transaction():
-            return self.pool.release(conn)
+            return self.pool.release(conn)  # type: ignore[no-any-return]  # asyncpg: untyped
         self._idle.append(conn)
         return None
 
