@@ -17,7 +17,10 @@ from config.errors import ThreadlineError
 from identity.storage import Database
 from memory.types import now
 
-CLAIM_LEASE = 120.0  # seconds a claimed message may take before another process takes over
+# Seconds a claim outlives its last renewal before another process may take the message
+# over. A live turn renews its claim every third of that (`Claims.renew`), however long the
+# model takes; a dead process's claim is free again within this many seconds.
+CLAIM_LEASE = 15.0
 
 # New, waiting in the inbox ('queued'), or a lease run out: a turn never stored
 # ('processing') or a reply never said ('answered'). One statement, so exactly one
@@ -160,6 +163,16 @@ class Claims:
             "UPDATE processed_messages SET created_at = 0"
             " WHERE formation_id = $1 AND channel = $2 AND message_id = $3"
             " AND status = 'answered'", *key.args)
+
+    async def renew(self, key: MessageKey, token: str) -> bool:
+        """Keep a claim this process is still working on (answering, or saying the answer);
+        False when it was taken over."""
+        renewed = await self.db.fetchval(
+            "UPDATE processed_messages SET created_at = $5 WHERE formation_id = $1"
+            " AND channel = $2 AND message_id = $3 AND claim_token = $4"
+            " AND status IN ('processing', 'answered') RETURNING message_id",
+            *key.args, token, now())
+        return renewed is not None
 
     async def release(self, key: MessageKey, token: str) -> None:
         """Forget a claim whose turn failed, so a redelivery is answered."""

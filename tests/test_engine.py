@@ -342,6 +342,29 @@ async def test_a_claim_left_by_a_dead_process_is_taken_over_after_the_lease(engi
     assert (await claims.claim(key, lease=0.0)).state == "sent"
 
 
+async def test_a_turn_slower_than_the_claim_lease_keeps_its_claim(engine):
+    """A live turn renews its claim: a redelivery while the model is still answering gets
+    nothing, however long that takes; only a dead process's claim runs out."""
+    engine.memory.claims.lease = 0.3
+    real, asked = engine.responder, []
+
+    class Slow:
+        name = "slow"
+
+        async def respond(self, context, changes) -> Response:
+            asked.append(context.text)
+            await asyncio.sleep(1.0)  # more than three leases
+            return await real.respond(context, changes)
+
+    engine.responder = Slow()
+    web = InMemoryChannel(engine, "web")
+    first = asyncio.create_task(web.push("a@x.co", "my budget is $5", message_id="m-slow"))
+    await asyncio.sleep(0.6)
+    assert await web.push("a@x.co", "my budget is $5", message_id="m-slow") is None
+    assert "$5" in (await first).text
+    assert asked == ["my budget is $5"]  # one turn
+
+
 async def test_a_turn_whose_claim_was_taken_over_writes_none_of_its_changes(engine):
     """Another process took the message over while the model was answering: this turn's
     facts, preferences, notes, messages and synopsis are all left unwritten."""

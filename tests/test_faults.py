@@ -26,6 +26,7 @@ import asyncpg
 import httpx
 import pytest
 
+from memory.claims import CLAIM_LEASE
 from tests.conftest import _missing, free_port
 from tests.helpers.postgres import PrivatePostgres
 from tests.helpers.redis_server import PrivateRedis
@@ -39,7 +40,7 @@ STEADY = 3.0  # seconds of load before each fault
 OUTAGE = 3.0  # seconds PostgreSQL or Redis stays down
 CALM = 3.0  # seconds of every new request succeeding that count as recovered
 PHASE_CAP = 25.0  # seconds after a fault when the load stops whatever happened
-RETRY_FOR = 15.0  # seconds a client keeps retrying one message
+RETRY_FOR = 25.0  # seconds a client keeps retrying one message: longer than a claim lease
 THINKING = 0.25  # seconds the model takes for each answer
 SETTLE = 20.0  # seconds each surviving replica has to be ready again by itself
 
@@ -307,8 +308,9 @@ async def run_fault(name: str, fleet: Fleet, database_url: str,
     if unanswered:
         claims = await _claims(database_url, unanswered)
         row.notes.append(f"never answered in {RETRY_FOR:.0f} s: {row.unanswered}, their claims "
-                         f"{dict(claims) or 'none'} (a claim is taken over after its 120 s "
-                         "lease: 409 REQUEST_IN_PROGRESS until then)")
+                         f"{dict(claims) or 'none'} (a dead process's claim is taken over "
+                         f"after its {CLAIM_LEASE:.0f} s lease: 409 REQUEST_IN_PROGRESS until "
+                         "then)")
     stored = await _transcript(database_url, prefix)
     row.lost = sum(stored.get(m.text, 0) == 0 for m in messages if m.acked)
     row.twice = sum(count > 1 for count in stored.values())
@@ -433,5 +435,6 @@ async def test_faults_under_chat_load_lose_nothing_and_answer_nothing_twice(
         assert row.lost == 0, row
         assert row.twice == 0, row
         assert row.restarts == 0, row
+        assert row.unanswered == 0, row  # a dead turn's claim frees within its lease
         assert row.schedulers == 1, row  # work that must run once runs again, once
         assert row.recovered_in < PHASE_CAP - CALM, row  # new requests succeed again

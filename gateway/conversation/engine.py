@@ -9,8 +9,9 @@ A redelivered message whose turn committed gets the stored reply, never a second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import Any, Protocol, cast
 
@@ -141,20 +142,47 @@ class Engine:
             if claim.state == "answered" and claim.reply:
                 log.info("stored reply said again", channel=message.channel)
                 turn.outcome = "replayed"
-                return await self._say(key, _reply(claim.reply), send)
+                async with self._renewing(key, claim.token):
+                    return await self._say(key, _reply(claim.reply), send)
             token = claim.token
+        async with self._renewing(key, token):
+            try:
+                reply = await self._answer(formation, message, key, token, turn,
+                                           sent=send is None, on_delta=on_delta)
+            except ClaimLostError:
+                log.info("message answered by another process", channel=message.channel)
+                turn.outcome = "duplicate"
+                return None
+            except BaseException:
+                if key is not None and token is not None:  # let a redelivery try again
+                    await asyncio.shield(self.memory.claims.release(key, token))
+                raise
+            return await self._say(key, reply, send)
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, key: MessageKey | None,
+                        token: str | None) -> AsyncIterator[None]:
+        """Renew the message's claim while this process works on it, however long the
+        model takes: only a dead process's claim runs out (within the claim lease)."""
+        if key is None or token is None:
+            yield
+            return
+        claims = self.memory.claims
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(claims.lease / 3)
+                try:
+                    if not await claims.renew(key, token):
+                        return  # taken over: the turn's completion will say so
+                except Exception as exc:  # noqa: BLE001 - the turn itself meets the outage
+                    log.debug("claim not renewed", channel=key.channel, error=describe(exc))
+
+        renewing = asyncio.create_task(renew())
         try:
-            reply = await self._answer(formation, message, key, token, turn, sent=send is None,
-                                       on_delta=on_delta)
-        except ClaimLostError:
-            log.info("message answered by another process", channel=message.channel)
-            turn.outcome = "duplicate"
-            return None
-        except BaseException:
-            if key is not None and token is not None:  # let a redelivery try again
-                await asyncio.shield(self.memory.claims.release(key, token))
-            raise
-        return await self._say(key, reply, send)
+            yield
+        finally:
+            renewing.cancel()
 
     async def accept(self, message: InboundMessage) -> bool:
         if message.message_id is None:
