@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.conversation.ports import Ready
-from gateway.runtime.leases import Leases, PostgresLeases, Roster, until_lost
+from gateway.runtime.leases import WARN_EVERY, Leases, PostgresLeases, Roster, until_lost
 from memory.lifecycle import iso
 
 log = structlog.get_logger("threadline.leases")
@@ -131,6 +131,7 @@ class _Spread:
         self.releasing: set[int] = set()
         self.free_since: dict[int, float] = {}
         self.wake = asyncio.Event()
+        self._warned = -WARN_EVERY
 
     async def run(self) -> None:
         await self._join()
@@ -141,8 +142,7 @@ class _Spread:
                 try:
                     await self._round()
                 except Exception as exc:  # noqa: BLE001 - the database may be back soon
-                    log.warning("cannot read who runs the shards", group=self.group,
-                                error=f"{type(exc).__name__}: {exc}")
+                    self._warn("cannot read who runs the shards", exc)
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.interval)
@@ -162,9 +162,14 @@ class _Spread:
                 await self.leases.join(self.group)
                 return
             except Exception as exc:  # noqa: BLE001 - the database may be back soon
-                log.warning("cannot join the replicas running the shards", group=self.group,
-                            error=f"{type(exc).__name__}: {exc}")
+                self._warn("cannot join the replicas running the shards", exc)
                 await asyncio.sleep(self.interval)
+
+    def _warn(self, event: str, exc: Exception) -> None:
+        """One warning per WARN_EVERY while the database is away, not one a second."""
+        if time.monotonic() - self._warned >= WARN_EVERY:
+            self._warned = time.monotonic()
+            log.warning(event, group=self.group, error=f"{type(exc).__name__}: {exc}")
 
     def _ended(self) -> bool:
         """True once a shard's work returned by itself: the group stops everywhere here."""
