@@ -376,14 +376,16 @@ async def test_a_turn_whose_claim_was_taken_over_writes_none_of_its_changes(engi
         name = "taken-over"
 
         async def respond(self, context, changes) -> Response:
-            key = MessageKey(engine.formation, "web", "m-late")
-            await engine.memory.claims.claim(key, lease=0.0)  # the other process's claim
+            stolen.append(await claims.claim(key, lease=0.0))  # the other process's claim
             return await real.respond(context, changes)
 
+    claims, key, stolen = engine.memory.claims, MessageKey(engine.formation, "web", "m-late"), []
     engine.responder = TakenOver()
     text = "my budget is $9. I prefer long answers. remember that the demo is on Friday"
     assert await web.push("a@x.co", text, message_id="m-late") is None
     engine.responder = real
+    async with claims.db.transaction() as tx:  # the other process says its answer
+        await claims.complete(tx, key, stolen[0].token, {"text": "theirs"}, sent=True)
     users = engine.memory.users
     assert (await users.get_fact(first.user_id, "budget")).value == "$5"
     assert [f.key for f in await users.facts(first.user_id, "preference")] == []

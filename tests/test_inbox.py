@@ -45,12 +45,14 @@ async def test_an_acknowledged_event_whose_replica_died_is_answered_by_another_o
 
 async def test_a_kept_message_waits_out_its_grace_and_is_cleared_once_said(engine):
     claims = engine.memory.claims
-    message = InboundMessage(channel="web", identifier="inbox@x.co", conversation="c1",
+    # A channel of this test's own: the shared database holds other tests' messages.
+    channel = f"web-{engine.formation}"
+    message = InboundMessage(channel=channel, identifier="inbox@x.co", conversation="c1",
                              text="my budget is $9", message_id="m-1")
     assert await engine.accept(message) is True
     assert await engine.accept(message) is False  # a redelivery is known
-    assert await claims.due(grace=60) == []  # its own replica is still on it
-    [waiting] = await claims.due(grace=0)
+    assert await claims.due(grace=60, channels=[channel]) == []  # its replica is on it
+    [waiting] = await claims.due(grace=0, channels=[channel])
     assert waiting["text"] == "my budget is $9" and waiting["identifier"] == "inbox@x.co"
     said = []
 
@@ -58,10 +60,10 @@ async def test_a_kept_message_waits_out_its_grace_and_is_cleared_once_said(engin
         said.append(reply.text)
 
     assert await engine.handle(message, send) is not None
-    assert said and await claims.due(grace=0) == []
+    assert said and await claims.due(grace=0, channels=[channel]) == []
     stored = await claims.db.fetchval(
         "SELECT payload FROM processed_messages WHERE formation_id = $1 AND message_id = $2",
-        *MessageKey(engine.formation, "web", "m-1").args[::2])
+        *MessageKey(engine.formation, channel, "m-1").args[::2])
     assert stored is None  # said: the message is kept no longer
 
 
