@@ -1,5 +1,6 @@
 """Channels that push over a connection the person holds open: the web chat page and the
-API's event stream. Delivery publishes to whoever listens for that user now."""
+API's event stream. Delivery publishes to whoever listens for that user now: in this
+process, and through a `Relay` (gateway.runtime.live_bus) in the other replicas."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from config.errors import ThreadlineError
 from gateway.conversation.messages import InboundMessage, OutboundMessage
@@ -18,6 +19,23 @@ from gateway.conversation.ports import Conversations
 
 class NobodyListeningError(ThreadlineError, RuntimeError):
     pass
+
+
+Presence = tuple[str, str, str | None]  # (user_id, channel, conversation or None: every one)
+
+
+class Relay(Protocol):
+    """The listeners of the other replicas, as far as this one knows them."""
+
+    def changed(self, presence: Presence, present: bool) -> None:
+        """This process started (or stopped) listening for `presence`; told to the others."""
+
+    def listening(self, user_id: str, channel: str, conversation: str) -> bool:
+        """Whether another replica listens for this now (synchronous: what was heard)."""
+
+    async def send(self, user_id: str, channel: str, conversation: str,
+                   data: dict[str, Any]) -> bool:
+        """Hand the event to the replicas listening for it; False when it could not go."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +61,17 @@ class EventHub:
         self.queue_size = queue_size
         self._listeners: dict[str, list[_Listener]] = {}
         self._ids = itertools.count(1)
+        self.relay: Relay | None = None  # set while `serve` runs with other replicas
 
     @contextmanager
     def listen(self, user_id: str, channel: str,
                conversation: str | None = None) -> Iterator[asyncio.Queue[Event]]:
         listener = _Listener(channel, conversation, asyncio.Queue(self.queue_size))
+        presence = (user_id, channel, conversation)
+        first = not self._holds(presence)
         self._listeners.setdefault(user_id, []).append(listener)
+        if first and self.relay is not None:
+            self.relay.changed(presence, True)
         try:
             yield listener.queue
         finally:
@@ -56,6 +79,18 @@ class EventHub:
             listeners.remove(listener)
             if not listeners:
                 self._listeners.pop(user_id, None)
+            if self.relay is not None and not self._holds(presence):
+                self.relay.changed(presence, False)
+
+    def _holds(self, presence: Presence) -> bool:
+        user_id, channel, conversation = presence
+        return any(item.channel == channel and item.conversation == conversation
+                   for item in self._listeners.get(user_id, ()))
+
+    def presences(self) -> set[Presence]:
+        """What this process listens for, each once (two tabs of a page are one)."""
+        return {(user_id, item.channel, item.conversation)
+                for user_id, listeners in self._listeners.items() for item in listeners}
 
     def _matching(self, user_id: str, channel: str, conversation: str) -> list[_Listener]:
         return [item for item in self._listeners.get(user_id, ())
@@ -63,7 +98,9 @@ class EventHub:
                 and (item.conversation is None or item.conversation == conversation)]
 
     def listening(self, user_id: str, channel: str, conversation: str) -> bool:
-        return bool(self._matching(user_id, channel, conversation))
+        """In this process or, as last heard, in another replica."""
+        return bool(self._matching(user_id, channel, conversation)) or (
+            self.relay is not None and self.relay.listening(user_id, channel, conversation))
 
     def publish(self, user_id: str, channel: str, conversation: str,
                 data: dict[str, Any]) -> int:
@@ -76,6 +113,15 @@ class EventHub:
                 taken += 1
             except asyncio.QueueFull:
                 pass
+        return taken
+
+    async def deliver(self, user_id: str, channel: str, conversation: str,
+                      data: dict[str, Any]) -> bool:
+        """To every listener, here and in the other replicas (two tabs of one page on two
+        replicas both hear it, as they would on one); whether anyone took it."""
+        taken = self.publish(user_id, channel, conversation, data) > 0
+        if self.relay is not None and self.relay.listening(user_id, channel, conversation):
+            taken = await self.relay.send(user_id, channel, conversation, data) or taken
         return taken
 
 
@@ -94,7 +140,9 @@ class LiveChannel:
         data = {"type": "message", "role": "assistant", "text": message.text,
                 "channel": self.name, "conversation": message.conversation,
                 "user_id": message.user_id, **message.extras}
-        if not self.hub.publish(message.user_id, self.name, message.conversation, data):
+        # Not taken (nobody listens, or the event is too big for the bus between replicas):
+        # the caller keeps it in the transcript or tries again later.
+        if not await self.hub.deliver(message.user_id, self.name, message.conversation, data):
             raise NobodyListeningError(f"no {self.name} client of this user is listening")
 
 

@@ -23,6 +23,7 @@ from gateway.conversation.inbox import InboxWorker
 from gateway.runtime.connections import fit_descriptors, guarded
 from gateway.runtime.formations import Formation, load_formations
 from gateway.runtime.leases import run_under
+from gateway.runtime.live_bus import make_live_bus
 from gateway.runtime.sqlite_lock import hold_sqlite
 from gateway.runtime.supervisor import AdapterConfigError, Supervisor, load_adapter
 from gateway.runtime.wiring import Runtime
@@ -145,6 +146,10 @@ async def serve(settings: Settings, host: str, port: int, console: Console, *,
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        # Pages and event streams open on the other replicas hear this one's reminders.
+        live_bus = make_live_bus(runtime.events, settings.cache, runtime.db)
+        if live_bus is not None:
+            await live_bus.start()
         gateway.supervisor.start()
         # One replica at a time runs the scheduler (its claims would keep two from firing
         # a task twice, but one poller is enough).
@@ -168,6 +173,8 @@ async def serve(settings: Settings, host: str, port: int, console: Console, *,
                 await scheduler
             await asyncio.wait({inbox}, timeout=15)
             inbox.cancel()
+            if live_bus is not None:
+                await live_bus.close()
             await runtime.close()
             log.info("stopped")
 
