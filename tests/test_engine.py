@@ -9,6 +9,7 @@ import pytest
 
 from adapters.inmemory import InMemoryChannel
 from gateway.conversation.channels import ChannelRegistry
+from gateway.conversation.live import NobodyListeningError
 from gateway.conversation.messages import InboundMessage
 from gateway.conversation.responders.base import Response
 from gateway.conversation.scheduler import Backoff, Scheduler
@@ -148,6 +149,26 @@ async def test_a_reminder_nobody_can_receive_now_waits_in_the_transcript(engine)
     later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
     await Scheduler(engine.memory, registry, formation=engine.formation).run_once(at=later)
     assert "⏰ Reminder: stretch" not in [m.text for m in web.outbox]
+    buffer = await engine.memory.sessions.buffer(reply.session_id)
+    assert buffer[-1].content == "⏰ Reminder: stretch"
+    task = (await engine.memory.tasks.list(reply.user_id, include_done=True))[0]
+    assert task.status == "done" and task.delivered_via == "transcript:web:main"
+
+
+async def test_a_reminder_whose_page_closed_as_it_fired_waits_in_the_transcript(engine):
+    """The page was open when the scheduler looked and closed before the reminder reached
+    it: the transcript keeps it at once (no retries, no failed task)."""
+    web = InMemoryChannel(engine, "web")
+    reply = await web.push("a@x.co", "remind me in 1 minute to stretch")
+
+    async def closed(message) -> None:
+        raise NobodyListeningError("no web client of this user is listening")
+
+    web.deliver = closed
+    registry = ChannelRegistry()
+    registry.add(web)
+    later = (await engine.memory.tasks.list(reply.user_id))[0].next_run + 1
+    await Scheduler(engine.memory, registry, formation=engine.formation).run_once(at=later)
     buffer = await engine.memory.sessions.buffer(reply.session_id)
     assert buffer[-1].content == "⏰ Reminder: stretch"
     task = (await engine.memory.tasks.list(reply.user_id, include_done=True))[0]

@@ -18,6 +18,7 @@ import structlog
 
 from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.engine import describe
+from gateway.conversation.live import NobodyListeningError
 from gateway.conversation.messages import OutboundMessage
 from memory import Memory
 from memory.types import Session, Task, now
@@ -77,9 +78,11 @@ class Scheduler:
                 await self.channels.deliver(
                     OutboundMessage(target[0], target[1], text, task.user_id,
                                     {"task_id": task.id}))
+                via = f"{target[0]}:{target[1]}"
+            except NobodyListeningError:  # the page closed since: its transcript keeps it
+                via = f"transcript:{target[0]}:{target[1]}"
             except Exception as exc:  # noqa: BLE001 - any failure is retried, then given up
                 return await self._failed(task, f"{target[0]}: {describe(exc)}")
-            via = f"{target[0]}:{target[1]}"
         session = await self.memory.sessions.open(task.user_id, task.formation_id, *target)
         async with self.memory.tasks.db.transaction() as tx:
             await self.memory.sessions.add_message(session.id, "assistant", text, q=tx)
