@@ -15,11 +15,18 @@ from typing import Any, Protocol
 
 import structlog
 
+from identity.storage.pubsub import (
+    MAX_PAYLOAD,
+    listen_postgres,
+    listen_redis,
+    notify_postgres,
+    redis_publisher,
+)
+
 log = structlog.get_logger("threadline.cache")
 
 OnChange = Callable[[str, list[str]], None]  # (formation, identifier keys)
 OnReset = Callable[[], None]
-_MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 and more
 
 
 class Bus(Protocol):
@@ -41,7 +48,7 @@ def payloads(formation: str, keys: list[str], sender: str = "") -> list[str]:
     out, batch = [], []
     for key in keys:
         batch.append(key)
-        if len(dump(batch)) > _MAX_PAYLOAD and len(batch) > 1:
+        if len(dump(batch)) > MAX_PAYLOAD and len(batch) > 1:
             out.append(dump(batch[:-1]))
             batch = [key]
     if batch:
@@ -98,6 +105,13 @@ class _Listener:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
+    def _hearing(self, on_change: OnChange) -> Callable[[str], None]:
+        def heard(payload: str) -> None:
+            change = _decode(payload, self.sender)
+            if change is not None:
+                on_change(*change)
+        return heard
+
     def _subscribed(self, on_reset: OnReset) -> None:
         on_reset()  # whatever was announced while we were away is unknown: start empty
         self.healthy = True
@@ -122,33 +136,12 @@ class RedisBus(_Listener):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        import redis.asyncio as redis
-
         self.url = url
-        self._publisher = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._publisher = redis_publisher(url)
 
     async def session(self, on_change: OnChange, on_reset: OnReset) -> None:
-        import redis.asyncio as redis
-
-        # No read timeout on the subscriber (it waits for messages); health checks find a
-        # dead connection within seconds instead.
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=2,
-                                      health_check_interval=2, socket_keepalive=True)
-        pubsub = client.pubsub()
-        try:
-            await pubsub.subscribe(self.CHANNEL)
-            self._subscribed(on_reset)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None:
-                    await pubsub.ping()  # finds a connection that died quietly
-                    continue
-                change = _decode(message.get("data"), self.sender)
-                if change is not None:
-                    on_change(*change)
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await client.aclose()
+        await listen_redis(self.url, self.CHANNEL, self._hearing(on_change),
+                           lambda: self._subscribed(on_reset))
 
     async def publish(self, formation: str, keys: list[str]) -> None:
         for payload in payloads(formation, keys, self.sender):
@@ -160,9 +153,6 @@ class RedisBus(_Listener):
 
 
 class PostgresBus(_Listener):
-    """LISTEN on a connection of its own (the pool's connections keep no session state);
-    NOTIFY through the pool."""
-
     name = "postgres"
     CHANNEL = "threadline_identity"
 
@@ -171,33 +161,12 @@ class PostgresBus(_Listener):
         self.db = db
 
     async def session(self, on_change: OnChange, on_reset: OnReset) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(self.db.url, timeout=5)
-        lost = asyncio.Event()
-
-        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            change = _decode(payload, self.sender)
-            if change is not None:
-                on_change(*change)
-
-        conn.add_termination_listener(lambda _conn: lost.set())
-        try:
-            await conn.add_listener(self.CHANNEL, heard)
-            self._subscribed(on_reset)
-            while not lost.is_set():
-                try:
-                    await asyncio.wait_for(lost.wait(), 2.0)
-                except TimeoutError:
-                    await conn.execute("SELECT 1", timeout=2)  # a quietly dead connection
-            raise ConnectionError("the LISTEN connection closed")
-        finally:
-            if not conn.is_closed():
-                conn.terminate()
+        await listen_postgres(self.db.url, self.CHANNEL, self._hearing(on_change),
+                              lambda: self._subscribed(on_reset))
 
     async def publish(self, formation: str, keys: list[str]) -> None:
         for payload in payloads(formation, keys, self.sender):
-            await self.db.execute("SELECT pg_notify($1, $2)", self.CHANNEL, payload)
+            await notify_postgres(self.db, self.CHANNEL, payload)
 
 
 class SqliteBus(_Listener):

@@ -22,10 +22,16 @@ from urllib.parse import urlsplit
 import structlog
 
 from gateway.conversation.live import EventHub, Presence
+from identity.storage.pubsub import (
+    MAX_PAYLOAD,
+    listen_postgres,
+    listen_redis,
+    notify_postgres,
+    redis_publisher,
+)
 
 log = structlog.get_logger("threadline.live")
 
-MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 and more
 _WARN_EVERY = 30.0  # seconds between warnings about a bus that is down
 
 OnMessage = Callable[[str], None]
@@ -287,32 +293,11 @@ class RedisLiveBus(LiveBus):
 
     def __init__(self, hub: EventHub, url: str, *, interval: float = 5.0) -> None:
         super().__init__(hub, interval=interval)
-        import redis.asyncio as redis
-
         self.url = url
-        self._publisher = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._publisher = redis_publisher(url)
 
     async def session(self, on_message: OnMessage, on_up: Callable[[], None]) -> None:
-        import redis.asyncio as redis
-
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=2,
-                                      health_check_interval=2, socket_keepalive=True)
-        pubsub = client.pubsub()
-        try:
-            await pubsub.subscribe(self.CHANNEL)
-            on_up()
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None:
-                    await pubsub.ping()  # finds a connection that died quietly
-                    continue
-                if message.get("type") != "message":  # the ping's answer
-                    continue
-                data = message.get("data")
-                on_message(data.decode() if isinstance(data, bytes) else str(data))
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await client.aclose()
+        await listen_redis(self.url, self.CHANNEL, on_message, on_up)
 
     async def send_payload(self, payload: str) -> None:
         await self._publisher.publish(self.CHANNEL, payload)
@@ -323,9 +308,6 @@ class RedisLiveBus(LiveBus):
 
 
 class PostgresLiveBus(LiveBus):
-    """LISTEN on a connection of its own (the pool's connections keep no session state);
-    NOTIFY through the pool."""
-
     name = "postgres"
     CHANNEL = "threadline_live"
 
@@ -334,30 +316,10 @@ class PostgresLiveBus(LiveBus):
         self.db = db
 
     async def session(self, on_message: OnMessage, on_up: Callable[[], None]) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(self.db.url, timeout=5)
-        lost = asyncio.Event()
-
-        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_message(payload)
-
-        conn.add_termination_listener(lambda _conn: lost.set())
-        try:
-            await conn.add_listener(self.CHANNEL, heard)
-            on_up()
-            while not lost.is_set():
-                try:
-                    await asyncio.wait_for(lost.wait(), 2.0)
-                except TimeoutError:
-                    await conn.execute("SELECT 1", timeout=2)  # a quietly dead connection
-            raise ConnectionError("the LISTEN connection closed")
-        finally:
-            if not conn.is_closed():
-                conn.terminate()
+        await listen_postgres(self.db.url, self.CHANNEL, on_message, on_up)
 
     async def send_payload(self, payload: str) -> None:
-        await self.db.execute("SELECT pg_notify($1, $2)", self.CHANNEL, payload)
+        await notify_postgres(self.db, self.CHANNEL, payload)
 
 
 def make_live_bus(hub: EventHub, cache_url: str, db: Any, *,
