@@ -119,3 +119,41 @@ async def test_postgres_down_answers_503_with_one_log_line_and_recovers(private_
     assert value(metrics, "threadline_dependency_unavailable_total", dependency="database") == n
     print(f"\n{n} requests during a {took:.1f} s outage: {len(during)} log lines "
           f"({len(ours)} ours, {len(pool)} asyncpg's reconnect attempts)")
+
+
+async def test_a_sqlite_file_locked_past_the_busy_timeout_answers_503_then_recovers(
+        tmp_path, json_logs):
+    """Another process (the command line, say) holds SQLite's write lock longer than a
+    writer waits: the request gets the same 503 as a PostgreSQL outage, nothing is half
+    written, and the next request after the lock is let go succeeds."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+    settings = Settings(database_url=f"sqlite:///{path}", data_dir=tmp_path,
+                        formation_id="outage", identity_secret="test-identity-secret-0123456789",
+                        credentials_key="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
+    runtime = await Runtime.open(settings)
+    formations = {"outage": Formation("outage", ADMIN, CLIENT)}
+    chat = ("POST", "/v1/chat", {"json": {"message": "my budget is $7"}, "user": KNOWN})
+    try:
+        async with serving(create_app(runtime, formations)) as url, \
+                httpx.AsyncClient(base_url=url, timeout=30) as http:
+            assert (await _send(http, chat)).status_code == 200
+            await runtime.db.writer.execute("PRAGMA busy_timeout = 200")
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            try:
+                refused = await _send(http, ("POST", "/v1/chat", {
+                    "json": {"message": "my budget is $9"}, "user": KNOWN}))
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            after = await _send(http, ("POST", "/v1/chat", {
+                "json": {"message": "what's my budget?"}, "user": KNOWN}))
+    finally:
+        await runtime.close()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "DATABASE_UNAVAILABLE"
+    assert refused.headers.get("Retry-After") == "5"
+    assert after.status_code == 200, after.text
+    assert "$7" in after.json()["data"]["message"]["content"]  # the refused turn left nothing

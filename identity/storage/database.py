@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -313,6 +313,21 @@ class PostgresDatabase(Database):
         return done
 
 
+# SQLite's own "not now": the file is locked past the busy timeout, the disk is full, or
+# it fails to read or write.
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
+
+
+@contextmanager
+def _sqlite_outage() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "").startswith(_SQLITE_UNAVAILABLE):
+            raise _unavailable(exc) from exc
+        raise
+
+
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
@@ -350,16 +365,19 @@ class SqliteDatabase(Database):
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction on the raw connection (? placeholders); other writers, in
-        this process or another, wait for it."""
+        this process or another, wait for it (up to the busy timeout). A file still locked
+        after that, or a full or failing disk, raises DatabaseUnavailableError: the same
+        request works once it is free, as when PostgreSQL is away."""
         async with self._write_lock:
-            await self.writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.writer
-            except BaseException:
-                await self.writer.execute("ROLLBACK")
-                raise
-            else:
-                await self.writer.execute("COMMIT")
+            with _sqlite_outage():
+                await self.writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.writer
+                    await self.writer.execute("COMMIT")
+                except BaseException:
+                    if self.writer.in_transaction:
+                        await self.writer.execute("ROLLBACK")
+                    raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
@@ -367,7 +385,8 @@ class SqliteDatabase(Database):
             yield SqliteTransaction(conn)
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return list(await self.reader.execute_fetchall(numbered(sql), args))
+        with _sqlite_outage():
+            return list(await self.reader.execute_fetchall(numbered(sql), args))
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqliteTransaction]:
