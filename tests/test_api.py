@@ -190,6 +190,51 @@ async def test_a_failing_request_never_logs_the_key_in_its_path(server, monkeypa
     assert "TOPSECRET" not in logged
 
 
+async def test_a_failing_request_is_logged_once_with_its_request_id(database_url, tmp_path,
+                                                                    formation, capsys):
+    """Served as `threadline serve` serves (uvicorn logging into the one stream): the error
+    is one JSON line with the request id, not a second traceback from the server."""
+    import uvicorn
+
+    from config.settings import Settings
+    from gateway.api.app import create_app
+    from gateway.runtime.formations import Formation
+    from gateway.runtime.logs import configure_logging
+    from gateway.runtime.server import server_config
+    from gateway.runtime.wiring import Runtime
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path, formation_id=formation,
+                        identity_secret="test-identity-secret-0123456789",
+                        credentials_key="kL3Z3fQ0m2nS4r8vYb1cD5eF7gH9iJ0kL2mN4oP6qR8=")
+    runtime = await Runtime.open(settings)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("cache timed out after commit")
+
+    runtime.identity.unlink = broken
+    app = create_app(runtime, {formation: Formation(formation, ADMIN, CLIENT)})
+    server = uvicorn.Server(server_config(app, runtime, "127.0.0.1", 0))
+    capsys.readouterr()
+    configure_logging("json", "info", cache=False)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as http:
+            r = await http.delete("/users/identifiers/user_1", headers=headers(admin=True))
+    finally:
+        server.should_exit = True
+        await task
+        configure_logging("console", "info", cache=False)
+        await runtime.close()
+    assert r.status_code == 500
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    failed = [line for line in lines if "cache timed out after commit" in str(line)]
+    assert [line["event"] for line in failed] == ["request failed"], failed
+    assert failed[0]["request_id"] == r.json()["request"]["id"]
+
+
 async def test_spec_pattern_3_an_api_key_header_reaches_its_user_and_is_never_stored(
         server, capsys):
     """Link an api key as an `api_key` identifier, then chat with the key as

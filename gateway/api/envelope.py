@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import ThreadlineError
-from gateway.runtime.logs import Throttle
+from gateway.runtime.logs import Throttle, mark_logged
 from identity import (
     IdentifierConflictError,
     IdentifierNotFoundError,
@@ -247,5 +247,6 @@ def install_error_handlers(app: Any) -> None:
         route = getattr(request.scope.get("route"), "path", "?")
         log.exception("request failed", method=request.method, route=route,
                       request_id=request_id(request))
+        mark_logged(exc)
         return error_response(request, 500, "INTERNAL_ERROR",
                               "the server failed to handle this request; it has been logged")

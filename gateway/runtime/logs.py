@@ -98,6 +98,27 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_LOGGED = "_threadline_logged"
+
+
+def mark_logged(exc: BaseException) -> None:
+    """Say that this error has been logged (with its request id), so that the server's own
+    report of it is dropped (see _AlreadyLogged)."""
+    try:
+        setattr(exc, _LOGGED, True)
+    except (AttributeError, TypeError):  # an exception type without attributes of its own
+        pass
+
+
+class _AlreadyLogged(logging.Filter):
+    """Starlette raises an error again after its 500 has been sent, so that the server can
+    log it; uvicorn then prints the traceback a second time, without the request id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, _LOGGED, False)
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", *, cache: bool = True) -> None:
     """`cache`: loggers keep their configuration from their first use (fast); tests that
     configure again pass False."""
@@ -137,5 +158,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", *, cache: bool = T
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
+    server = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _AlreadyLogged) for f in server.filters):
+        server.addFilter(_AlreadyLogged())
     for name in _CHATTY:
         logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[level]))
