@@ -232,7 +232,7 @@ async def test_a_failing_request_is_logged_once_with_its_request_id(database_url
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     failed = [line for line in lines if "cache timed out after commit" in str(line)]
     assert [line["event"] for line in failed] == ["request failed"], failed
-    assert failed[0]["request_id"] == r.json()["request"]["id"]
+    assert failed[0]["request_id"] == r.json()["request"]["id"] == r.headers["X-Request-ID"]
 
 
 async def test_spec_pattern_3_an_api_key_header_reaches_its_user_and_is_never_stored(

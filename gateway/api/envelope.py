@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import ThreadlineError
+from gateway.conversation.request_ids import HEADER
 from gateway.runtime.logs import Throttle, mark_logged
 from identity import (
     IdentifierConflictError,
@@ -248,5 +249,8 @@ def install_error_handlers(app: Any) -> None:
         log.exception("request failed", method=request.method, route=route,
                       request_id=request_id(request))
         mark_logged(exc)
+        # Sent from outside every middleware (Starlette's error handling is outermost), so
+        # the request id header is set here.
         return error_response(request, 500, "INTERNAL_ERROR",
-                              "the server failed to handle this request; it has been logged")
+                              "the server failed to handle this request; it has been logged",
+                              headers={HEADER: request_id(request)})
