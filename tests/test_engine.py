@@ -264,7 +264,8 @@ async def test_link_codes_join_a_second_channel_to_the_same_user(engine):
     offer = (await slack.push(("U1", "slack"), "/link")).text
     code = offer.split("send /link ")[1].split()[0]
     assert len(code) >= 8
-    assert (await telegram.push(("789", "telegram"), f"/link {code}")).text.startswith("Linked")
+    typed = f"/link {code[:5].lower()} {code[-5:]}"  # as a person may type it, with a space
+    assert (await telegram.push(("789", "telegram"), typed)).text.startswith("Linked")
     asked = await telegram.push("tg_789", "what's my budget?")
     assert asked.user_id == alice and "$5,000" in asked.text
     assert "blue" in (await slack.push(("U1", "slack"), "what's my color?")).text

@@ -11,7 +11,10 @@ from identity import IdentityService, LinkedIdentifier
 from identity.linking import CODE_TTL, Linker
 
 _LINK = re.compile(r"^\s*(?:/link|link my account|link account)\s*[.!]?\s*$", re.I)
-_REDEEM = re.compile(r"^\s*/link\s+([A-Za-z0-9-]{4,40})\s*$", re.I)
+# A code as shown ("ABCDE-FGHIJ"), without its hyphen, or with a space in its place (as a
+# phone's keyboard or a person reading it aloud may write it).
+_REDEEM = re.compile(r"^\s*/link\s+([A-Za-z0-9-]{4,40}|[A-Za-z0-9]{5}\s+[A-Za-z0-9]{5})\s*$",
+                     re.I)
 _WHOAMI = re.compile(r"^\s*(?:/whoami|who am i linked as\??)\s*$", re.I)
 # Telegram sends "/start" (with a deep-link payload, sometimes) when a person opens the bot.
 _START = re.compile(r"^\s*/start(?:\s+\S{1,64})?\s*$", re.I)
