@@ -21,6 +21,7 @@ from memory.types import now
 # over. A live turn renews its claim every third of that (`Claims.renew`), however long the
 # model takes; a dead process's claim is free again within this many seconds.
 CLAIM_LEASE = 15.0
+TURN_ATTEMPTS = 3  # turns tried on a kept message before it is given up
 
 # New, waiting in the inbox ('queued'), or a lease run out: a turn never stored
 # ('processing') or a reply never said ('answered'). One statement, so exactly one
@@ -174,12 +175,24 @@ class Claims:
             *key.args, token, now())
         return renewed is not None
 
-    async def release(self, key: MessageKey, token: str) -> None:
-        """Forget a claim whose turn failed, so a redelivery is answered."""
+    async def release(self, key: MessageKey, token: str) -> bool:
+        """A claim whose turn failed: a kept message goes back to the inbox, to be tried
+        again after the inbox's grace (or at once by a redelivery), up to TURN_ATTEMPTS
+        turns; then, or without a kept message, the claim is forgotten so that only a
+        redelivery is answered. True when the message went back to the inbox."""
+        requeued = await self.db.fetchval(
+            "UPDATE processed_messages SET status = 'queued', claim_token = NULL,"
+            " attempts = attempts + 1, created_at = $5 WHERE formation_id = $1"
+            " AND channel = $2 AND message_id = $3 AND claim_token = $4"
+            " AND status = 'processing' AND payload IS NOT NULL AND attempts + 1 < $6"
+            " RETURNING message_id", *key.args, token, now(), TURN_ATTEMPTS)
+        if requeued is not None:
+            return True
         await self.db.execute(
             "DELETE FROM processed_messages WHERE formation_id = $1 AND channel = $2"
             " AND message_id = $3 AND claim_token = $4 AND status = 'processing'",
             *key.args, token)
+        return False
 
 
 def _loaded(text: str) -> Any:

@@ -131,3 +131,73 @@ async def test_a_kept_message_that_cannot_be_read_is_skipped_not_a_blocker(engin
     mine = [p["message_id"] for p in await claims.due(grace=0, channels=["web"], limit=1000)
             if p["formation"] == engine.formation]
     assert mine == ["ok-1"]
+
+
+class _Failing:
+    """An identity service whose next `failures` resolves fail, as a bug or a lost
+    connection would fail a turn while the database itself is up."""
+
+    def __init__(self, real, failures: int) -> None:
+        self.real, self.failures = real, failures
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def resolve(self, *args, **kwargs):
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the turn broke")
+        return await self.real.resolve(*args, **kwargs)
+
+
+async def test_a_kept_message_whose_turn_failed_goes_back_to_the_inbox_and_is_answered(engine):
+    """Acknowledged to its platform, so nobody will send it again: a failed turn must not
+    lose it. It is tried again from the inbox, and answered once; a page that closed
+    meanwhile finds the answer in its transcript."""
+    channel = f"web-{engine.formation}"  # the shared database holds other tests' messages
+    message = InboundMessage(channel=channel, identifier="again@x.co", conversation="c1",
+                             text="my budget is $11", message_id="m-again")
+    assert await engine.accept(message)
+    engine.identity = _Failing(engine.identity, failures=1)
+    try:
+        await engine.handle(message, None)
+    except RuntimeError:
+        pass
+    [waiting] = await engine.memory.claims.due(grace=0, channels=[channel])
+    assert waiting["message_id"] == "m-again"
+    registry = ChannelRegistry()
+
+    class Closed:  # a live channel whose page is gone: what it is told waits in the transcript
+        name = channel
+
+        def can_reach(self, user_id, conversation) -> bool:
+            return False
+
+        async def deliver(self, outbound) -> None:
+            from gateway.conversation.live import NobodyListeningError
+
+            raise NobodyListeningError("nobody is listening")
+
+    registry.add(Closed())
+    worker = InboxWorker(engine, registry, grace=0)
+    assert await worker.run_once() == 1
+    assert await worker.run_once() == 0  # said (to the transcript): not tried again
+    user = await engine.owner("again@x.co")
+    assert (await engine.memory.users.get_fact(user, "budget")).value == "$11"
+
+
+async def test_a_kept_message_that_always_fails_is_given_up_after_a_few_turns(engine):
+    from memory.claims import TURN_ATTEMPTS
+
+    channel = f"web-{engine.formation}"
+    message = InboundMessage(channel=channel, identifier="never@x.co", conversation="c1",
+                             text="hello", message_id="m-never")
+    assert await engine.accept(message)
+    engine.identity = _Failing(engine.identity, failures=1000)
+    for _ in range(TURN_ATTEMPTS):
+        [waiting] = await engine.memory.claims.due(grace=0, channels=[channel])
+        try:
+            await engine.handle(message, None)
+        except RuntimeError:
+            pass
+    assert await engine.memory.claims.due(grace=0, channels=[channel]) == []

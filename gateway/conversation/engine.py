@@ -153,9 +153,12 @@ class Engine:
                 log.info("message answered by another process", channel=message.channel)
                 turn.outcome = "duplicate"
                 return None
-            except BaseException:
-                if key is not None and token is not None:  # let a redelivery try again
-                    await asyncio.shield(self.memory.claims.release(key, token))
+            except BaseException as exc:
+                if key is not None and token is not None:  # tried again, a few times
+                    again = await asyncio.shield(self.memory.claims.release(key, token))
+                    if not again and not isinstance(exc, asyncio.CancelledError):
+                        log.error("message given up: its turns failed", channel=key.channel,
+                                  error=describe(exc))
                 raise
             return await self._say(key, reply, send)
 

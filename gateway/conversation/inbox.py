@@ -16,6 +16,7 @@ import structlog
 
 from gateway.conversation.channels import ChannelRegistry
 from gateway.conversation.engine import Engine, describe
+from gateway.conversation.live import NobodyListeningError
 from gateway.conversation.messages import OutboundMessage, Reply, from_payload
 
 log = structlog.get_logger("threadline.inbox")
@@ -38,14 +39,17 @@ class InboxWorker:
             message = from_payload(payload)
 
             async def send(reply: Reply, message=message) -> None:  # type: ignore[no-untyped-def]
-                await self.channels.deliver(OutboundMessage(
-                    message.channel, message.conversation, reply.text, reply.user_id))
+                try:
+                    await self.channels.deliver(OutboundMessage(
+                        message.channel, message.conversation, reply.text, reply.user_id))
+                except NobodyListeningError:
+                    pass  # a closed page or stream: the reply waits in its transcript
 
             try:
                 if await self.engine.handle(message, send) is not None:
                     answered += 1
                     log.info("answered from the inbox", channel=message.channel)
-            except Exception as exc:  # noqa: BLE001 - its claim is released; tried again later
+            except Exception as exc:  # noqa: BLE001 - back in the inbox: tried again later
                 if time.monotonic() - self._warned > 60:
                     self._warned = time.monotonic()
                     log.warning("inbox message not answered yet", channel=message.channel,
