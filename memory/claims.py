@@ -121,6 +121,16 @@ class Claims:
             f"{where} ORDER BY created_at LIMIT $3", *args)
         return [payload for r in rows if isinstance(payload := _loaded(r[0]), dict)]
 
+    async def waiting(self) -> tuple[int, float]:
+        """The inbox, for metrics: how many kept messages are not said yet (queued, being
+        answered, or answered but not said) and how long the oldest has waited since it was
+        kept or last worked on (0 when none waits)."""
+        row = await self.db.fetchrow(
+            "SELECT count(*), min(created_at) FROM processed_messages"
+            " WHERE payload IS NOT NULL")
+        count, oldest = (int(row[0]), row[1]) if row is not None else (0, None)
+        return count, max(0.0, now() - oldest) if oldest is not None else 0.0
+
     async def claim(self, key: MessageKey, *, lease: float | None = None,
                     payload: dict[str, Any] | None = None) -> Claim:
         lease = self.lease if lease is None else lease

@@ -95,6 +95,33 @@ async def test_scheduler_lag_is_zero_when_nothing_is_due(tmp_path):
     finally:
         await runtime.close()
     assert value(found, "threadline_scheduler_lag_seconds") == 0
+    assert value(found, "threadline_inbox_depth") == 0
+    assert value(found, "threadline_inbox_age_seconds") == 0
+
+
+async def test_the_inbox_depth_and_age_count_messages_kept_and_not_said(tmp_path):
+    from gateway.conversation.messages import InboundMessage
+
+    runtime = await Runtime.open(Settings(data_dir=tmp_path))  # a database of its own
+    try:
+        for n in range(3):
+            assert await runtime.engine.accept(InboundMessage(
+                channel="web", identifier="inbox@x.co", conversation="c", text="hi",
+                message_id=f"m{n}"))
+        claims = runtime.memory.claims
+        await claims.db.execute("UPDATE processed_messages SET created_at = created_at - 30"
+                                " WHERE message_id = 'm0'")
+        kept = samples((await runtime.metrics.render(runtime)).decode())
+        await runtime.engine.handle(InboundMessage(channel="web", identifier="inbox@x.co",
+                                                   conversation="c", text="hi",
+                                                   message_id="m0"), None)
+        after = samples((await runtime.metrics.render(runtime)).decode())
+    finally:
+        await runtime.close()
+    assert value(kept, "threadline_inbox_depth") == 3
+    assert 30 <= value(kept, "threadline_inbox_age_seconds") < 60
+    assert value(after, "threadline_inbox_depth") == 2  # said: no longer kept
+    assert value(after, "threadline_inbox_age_seconds") < 30
 
 
 async def test_metrics_can_require_a_bearer_key(server):

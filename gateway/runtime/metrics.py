@@ -4,7 +4,8 @@ default, so several runtimes in one process, as in tests, never collide).
 Counted as things happen: turns by channel and outcome with their duration, the
 responder's duration and errors, identity cache hits and misses, requests answered 503
 while a dependency was down, connections refused or closed by the HTTP guards. Read when
-scraped: each channel's state, the scheduler's lag, open HTTP connections."""
+scraped: each channel's state, the scheduler's lag, the inbox's depth and age, open HTTP
+connections."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 CHANNEL_STATES = ("starting", "up", "retrying", "stopped")
 # The classic text format, which every Prometheus version reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SCRAPE_TIMEOUT = 2.0  # seconds the scheduler-lag query may take before it is left out
+SCRAPE_TIMEOUT = 2.0  # seconds a scrape-time query may take before its value is left out
 
 
 @dataclass
@@ -43,6 +44,7 @@ class _Live:
 
     channels: Mapping[str, Any] = field(default_factory=dict)
     scheduler_lag: float | None = None
+    inbox: tuple[int, float] | None = None  # (depth, age of the oldest)
     open_connections: int | None = None
 
 
@@ -65,6 +67,14 @@ class _LiveCollector(Collector):
             yield GaugeMetricFamily(
                 "threadline_scheduler_lag_seconds", "How long the most overdue scheduled task "
                 "has been due (0: nothing is waiting)", value=self.live.scheduler_lag)
+        if self.live.inbox is not None:
+            depth, age = self.live.inbox
+            yield GaugeMetricFamily(
+                "threadline_inbox_depth", "Kept platform messages not said yet: queued, being "
+                "answered, or answered but not said (every replica's)", value=depth)
+            yield GaugeMetricFamily(
+                "threadline_inbox_age_seconds", "How long the oldest of them has waited since "
+                "it was kept or last worked on (0: none waits)", value=age)
         if self.live.open_connections is not None:
             yield GaugeMetricFamily("threadline_http_connections", "Open HTTP connections",
                                     value=self.live.open_connections)
@@ -124,6 +134,11 @@ class Metrics:
                                                               SCRAPE_TIMEOUT)
         except Exception:  # noqa: BLE001 - the database is down: the other values still count
             self._live.scheduler_lag = None
+        try:
+            self._live.inbox = await asyncio.wait_for(runtime.memory.claims.waiting(),
+                                                      SCRAPE_TIMEOUT)
+        except Exception:  # noqa: BLE001 - as above
+            self._live.inbox = None
         self._live.open_connections = (self.open_connections()
                                        if self.open_connections is not None else None)
         return self.render_now()
