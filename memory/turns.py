@@ -2,9 +2,10 @@
 allows: every message pays for these, so they are written for speed.
 
 One query loads what the assistant needs (facts, synopsis, working memory, the session
-buffer, recent memories); one transaction stores the turn with everything it changed, its
-scheduled tasks and the completion of the platform message's claim (on PostgreSQL a plain
-turn is one statement).
+buffer, recent memories, and on PostgreSQL the memories the message's words find); one
+transaction stores the turn with everything it changed, its scheduled tasks and the
+completion of the platform message's claim. On PostgreSQL a turn into an existing session
+without tasks is one statement.
 """
 
 from __future__ import annotations
