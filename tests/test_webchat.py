@@ -382,6 +382,9 @@ async def test_with_the_page_closed_a_reminder_waits_in_the_transcript(serve):
         assert await runtime.scheduler.run_once() == 0  # nobody to push to: kept instead
         transcript = (await http.get("/webchat/transcript", params=who)).json()
     assert transcript["messages"][-1]["content"] == "⏰ Reminder: drink water"
+    # ISO 8601 UTC, as every time the API gives
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z",
+                        transcript["messages"][-1]["created_at"])
 
 
 async def test_name_mode_refuses_other_sites_rebound_hosts_and_form_posts(serve):

@@ -60,6 +60,7 @@ from gateway.runtime.formations import Formation
 from gateway.runtime.wiring import Runtime
 from gateway.webchat.tokens import TokenError, read_token, verify_token
 from identity import InvalidIdentifierError
+from memory.lifecycle import iso
 
 log = structlog.get_logger("threadline.webchat")
 
@@ -315,7 +316,7 @@ class WebChat:
         session = await sessions.find(user_id, CHANNEL, conversation) if user_id else None
         if session is not None:
             rows, _ = await sessions.messages(session.id, limit=200)
-            messages = [{"role": m.role, "content": m.content, "created_at": m.created_at}
+            messages = [{"role": m.role, "content": m.content, "created_at": iso(m.created_at)}
                         for m in rows]
         return JSONResponse({"conversation": conversation, "messages": messages},
                             headers={"Cache-Control": "no-store"})
