@@ -21,6 +21,7 @@ from identity.storage.pubsub import (
     listen_redis,
     notify_postgres,
     redis_publisher,
+    resubscribe,
 )
 
 log = structlog.get_logger("threadline.cache")
@@ -88,22 +89,17 @@ class _Listener:
             pass
 
     async def _run(self, on_change: OnChange, on_reset: OnReset) -> None:
-        pause = 0.2
-        while True:
-            try:
-                await self.session(on_change, on_reset)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any loss: reset, wait, reconnect
-                if time.monotonic() - self._last_warning > 30:
-                    self._last_warning = time.monotonic()
-                    log.warning("cache invalidation bus lost; in-process cache off until it "
-                                "is back", bus=self.name, error=f"{type(exc).__name__}: {exc}")
-            if self.healthy:
-                self.healthy = False
+        def lost(error: Exception | None) -> bool:
+            if error is not None and time.monotonic() - self._last_warning > 30:
+                self._last_warning = time.monotonic()
+                log.warning("cache invalidation bus lost; in-process cache off until it "
+                            "is back", bus=self.name, error=f"{type(error).__name__}: {error}")
+            was_up, self.healthy = self.healthy, False
+            if was_up:
                 on_reset()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            return was_up
+
+        await resubscribe(lambda: self.session(on_change, on_reset), lost)
 
     def _hearing(self, on_change: OnChange) -> Callable[[str], None]:
         def heard(payload: str) -> None:

@@ -28,6 +28,7 @@ from identity.storage.pubsub import (
     listen_redis,
     notify_postgres,
     redis_publisher,
+    resubscribe,
 )
 
 log = structlog.get_logger("threadline.live")
@@ -129,8 +130,8 @@ class LiveBus:
                          "c": channel, "v": conversation, "d": data})
         if payload is None:
             # Too big for NOTIFY (the same limit on Redis, so both buses behave alike): not
-            # relayed, and the channel raises NobodyListeningError. (The scheduler today
-            # treats that as a failed delivery: retried with backoff, then marked failed.)
+            # relayed, and the channel raises NobodyListeningError, so the scheduler keeps
+            # the reminder in the conversation's transcript.
             log.warning("live event too big to relay to another replica", user_id=user_id,
                         channel=channel, limit_bytes=MAX_PAYLOAD)
             return False
@@ -178,20 +179,14 @@ class LiveBus:
         self._wake.set()
 
     async def _listen(self) -> None:
-        pause = 0.2
-        while True:
-            try:
-                await self.session(self._heard, self._up)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any loss: forget, wait, reconnect
-                self._warn("listen", exc)
-            if self.healthy:  # it was up: reconnect soon
-                pause = 0.2
-            self.healthy = False
+        def lost(error: Exception | None) -> bool:
+            if error is not None:
+                self._warn("listen", error)
+            was_up, self.healthy = self.healthy, False
             self.remote.forget()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            return was_up
+
+        await resubscribe(lambda: self.session(self._heard, self._up), lost)
 
     def _heard(self, payload: str) -> None:
         try:

@@ -6,10 +6,11 @@ relay both speak through these; each reconnects in its own loop when one ends.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 OnPayload = Callable[[str], None]
+OnLost = Callable[[Exception | None], bool]
 OnUp = Callable[[], None]
 
 MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 and more
@@ -77,3 +78,22 @@ async def listen_postgres(url: str, channel: str, on_payload: OnPayload, on_up: 
 async def notify_postgres(db: Any, channel: str, payload: str) -> None:
     """NOTIFY through the database's pool."""
     await db.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+async def resubscribe(session: Callable[[], Awaitable[None]], on_lost: OnLost) -> NoReturn:
+    """Run `session` (one subscription, held open) again whenever it ends. `on_lost(error)`
+    hears of each end (None when it returned) and answers whether the subscription had
+    been up: then the next try comes after 0.2 s, else the wait doubles, up to 5 s."""
+    pause = 0.2
+    while True:
+        error: Exception | None = None
+        try:
+            await session()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any loss: the caller says what it means
+            error = exc
+        if on_lost(error):
+            pause = 0.2
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 5.0)
